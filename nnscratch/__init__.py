@@ -1,0 +1,15 @@
+"""nnscratch: a small, fast, readable neural-network framework in NumPy."""
+
+from .gradcheck import GradcheckResult, gradcheck
+from .layers import Dense, Dropout, Flatten, Layer, ReLU
+from .losses import SoftmaxCrossEntropy, softmax
+from .model import Sequential
+from .optim import Adam, Parameter
+from .training import Trainer, TrainingDiverged, TrainingInterrupted
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam", "Dense", "GradcheckResult", "gradcheck", "Dropout", "Flatten", "Layer", "Parameter", "ReLU", "Sequential",
+    "SoftmaxCrossEntropy", "Trainer", "TrainingDiverged", "TrainingInterrupted", "softmax",
+]

@@ -1,0 +1,193 @@
+"""Numerical gradient checking: compare each analytic gradient with central
+differences computed in float64.
+
+    from nnscratch import gradcheck
+    result = gradcheck(layer, x)            # a layer: checks dx and every parameter
+    result = gradcheck(model, x, labels=y)  # a Sequential: checks the loss gradient
+    result = gradcheck(SoftmaxCrossEntropy(), logits, labels=y)  # the loss itself
+    print(result.report()); assert result.passed
+
+For a layer the scalar being differentiated is L = sum(forward(x) * G) with a
+fixed random G, so dL/dy = G is what ``backward`` receives. For a model it is
+the mean softmax cross-entropy of its logits. For each checked entry w:
+
+    numeric  = (L(w + h) - L(w - h)) / (2h)
+    rel_err  = |analytic - numeric| / max(|analytic| + |numeric|, tiny)
+
+Dropout is checked with a fixed mask: the state of every generator the module
+uses is restored before each forward, so every evaluation draws the same mask.
+Kinks (ReLU at 0) are detected, not guessed: where the one-sided slopes
+(L(w+h) - L(w)) / h and (L(w) - L(w-h)) / h disagree, the function is not
+differentiable within h of that point, and the entry is counted as skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .layers import Dropout, Layer
+from .losses import SoftmaxCrossEntropy
+from .model import Sequential
+
+
+@dataclass
+class ParamCheck:
+    """The result for one tensor: the largest relative error over the checked entries."""
+
+    name: str
+    shape: tuple[int, ...]
+    checked: int
+    skipped_kinks: int
+    max_rel_error: float
+    worst_index: tuple[int, ...] | None
+    analytic: float
+    numeric: float
+    passed: bool
+
+
+@dataclass
+class GradcheckResult:
+    """All tensors checked; ``passed`` is True when every one passed."""
+
+    checks: list[ParamCheck] = field(default_factory=list)
+    tol: float = 1e-6
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((c.max_rel_error for c in self.checks), default=0.0)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def report(self) -> str:
+        """A readable table, one line per tensor."""
+        lines = [f"{'tensor':<18} {'shape':<14} {'checked':>7} {'kinks':>5} "
+                 f"{'max rel err':>11}  {'analytic':>12} {'numeric':>12}  result"]
+        for c in self.checks:
+            lines.append(f"{c.name:<18} {str(c.shape):<14} {c.checked:>7} {c.skipped_kinks:>5} "
+                         f"{c.max_rel_error:>11.2e}  {c.analytic:>12.5e} {c.numeric:>12.5e}  "
+                         f"{'ok' if c.passed else 'FAIL'}")
+        lines.append(f"{'PASSED' if self.passed else 'FAILED'}: max relative error "
+                     f"{self.max_rel_error:.2e} (tolerance {self.tol:.0e})")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+def _generators(module: Layer | Sequential) -> list[np.random.Generator]:
+    layers = module.layers if isinstance(module, Sequential) else [module]
+    found = {id(layer.rng): layer.rng for layer in layers if isinstance(layer, Dropout)}
+    if isinstance(module, Sequential):
+        found[id(module.rng)] = module.rng
+    return list(found.values())
+
+
+def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *, labels: np.ndarray | None = None,
+              h: float = 1e-6, tol: float = 1e-6, tiny: float = 1e-7,
+              max_entries: int = 64, kink_tol: float = 1e-3,
+              seed: int = 0) -> GradcheckResult:
+    """Check ``module``'s backward against central differences.
+
+    Parameters must be float64 (build with ``dtype="float64"`` or
+    ``Dense(..., dtype=np.float64)``). ``x`` is converted to float64 and
+    ``labels`` are required for a Sequential. Tensors with more than
+    ``max_entries`` entries are checked on that many random entries (drawn
+    with ``seed``); biases are always checked in full. Returns a
+    ``GradcheckResult`` (truthy when passed, ``.report()`` for the table).
+    """
+    if isinstance(module, Sequential):
+        params = module.parameters()
+    elif isinstance(module, SoftmaxCrossEntropy):
+        params = []
+    else:
+        params = [(key, value, module.grads[key]) for key, value in module.params.items()]
+    for name, value, _ in params:
+        if value.dtype != np.float64:
+            raise TypeError(f"gradcheck needs float64 parameters; {name} is {value.dtype}. "
+                            f"Build the model with dtype='float64' (or Dense(..., dtype=np.float64)).")
+    x = np.array(x, dtype=np.float64)
+    sample_rng = np.random.default_rng(seed)
+    generators = [] if isinstance(module, SoftmaxCrossEntropy) else _generators(module)
+    rng_states = [g.bit_generator.state for g in generators]
+    if not isinstance(module, SoftmaxCrossEntropy):
+        module.train()
+
+    def restore_rngs() -> None:
+        for g, state in zip(generators, rng_states):
+            g.bit_generator.state = state
+
+    if isinstance(module, (Sequential, SoftmaxCrossEntropy)) and labels is None:
+        raise ValueError("gradcheck of a Sequential or a loss needs labels")
+    if isinstance(module, SoftmaxCrossEntropy):
+        def objective() -> float:
+            return module.forward(x, labels)
+
+        objective()
+        dx = module.backward().copy()
+    elif isinstance(module, Sequential):
+
+        def objective() -> float:
+            restore_rngs()
+            return module.loss.forward(module._forward(x), labels)
+
+        objective()
+        dx = module._backward(module.loss.backward(), input_grad=True).copy()
+    else:
+        restore_rngs()
+        upstream = sample_rng.standard_normal(np.shape(module.forward(x)))
+
+        def objective() -> float:
+            restore_rngs()
+            return float(np.sum(module.forward(x) * upstream))
+
+        objective()
+        dx = np.array(module.backward(upstream.copy()), dtype=np.float64)
+    analytic = {name: grad.copy() for name, _, grad in params}
+
+    result = GradcheckResult(tol=tol)
+    tensors: list[tuple[str, np.ndarray, np.ndarray, bool]] = [("input", x, dx, False)]
+    tensors += [(name, value, analytic[name], name.endswith("bias")) for name, value, _ in params]
+    for name, value, grad, check_all in tensors:
+        result.checks.append(_check_tensor(name, value, grad, objective, h, tol, tiny,
+                                           None if check_all else max_entries, kink_tol,
+                                           sample_rng))
+    return result
+
+
+def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Callable[[], float],
+                  h: float, tol: float, tiny: float, max_entries: int | None, kink_tol: float,
+                  rng: np.random.Generator) -> ParamCheck:
+    flat = value.reshape(-1)  # a view: perturbing it perturbs the tensor in place
+    entries: Any = np.arange(flat.size)
+    if max_entries is not None and flat.size > max_entries:
+        entries = np.sort(rng.choice(flat.size, max_entries, replace=False))
+    worst = (0.0, None, 0.0, 0.0)
+    kinks = 0
+    for i in entries:
+        original = flat[i]
+        f0 = objective()
+        flat[i] = original + h
+        f_plus = objective()
+        flat[i] = original - h
+        f_minus = objective()
+        flat[i] = original
+        right, left = (f_plus - f0) / h, (f0 - f_minus) / h
+        if abs(right - left) > kink_tol * max(abs(right), abs(left), 1.0):
+            kinks += 1
+            continue
+        numeric = (f_plus - f_minus) / (2 * h)
+        a = float(grad.reshape(-1)[i])
+        rel = abs(a - numeric) / max(abs(a) + abs(numeric), tiny)
+        if rel >= worst[0]:
+            worst = (rel, tuple(int(j) for j in np.unravel_index(i, value.shape)), a, numeric)
+    checked = len(entries) - kinks
+    return ParamCheck(name, value.shape, checked, kinks, worst[0], worst[1], worst[2], worst[3],
+                      passed=worst[0] <= tol and checked > 0)

@@ -1,0 +1,37 @@
+"""The one place that picks which kernels run.
+
+``NNSCRATCH_BACKEND=numpy`` (read once, at import) selects the plain-NumPy
+twins in ``reference.py``; the default ``numba`` selects ``fused.py``. Every
+other module calls ``nnscratch.kernels.<name>`` and never knows which it got.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import reference
+from .reference import FLUSH_BELOW
+
+KERNEL_NAMES = (
+    "add_bias", "relu_forward", "relu_backward", "dropout_mask", "multiply",
+    "softmax_cross_entropy", "adam_update", "gather_scale",
+)
+
+BACKEND = os.environ.get("NNSCRATCH_BACKEND", "numba").strip().lower() or "numba"
+if BACKEND == "numba":
+    from . import fused as _impl
+elif BACKEND == "numpy":
+    _impl = reference
+else:
+    raise ImportError(
+        f"NNSCRATCH_BACKEND={BACKEND!r} is not a backend; use 'numba' (default) or 'numpy'."
+    )
+
+add_bias = _impl.add_bias
+relu_forward = _impl.relu_forward
+relu_backward = _impl.relu_backward
+dropout_mask = _impl.dropout_mask
+multiply = _impl.multiply
+softmax_cross_entropy = _impl.softmax_cross_entropy
+adam_update = _impl.adam_update
+gather_scale = _impl.gather_scale

@@ -1,0 +1,114 @@
+"""Plain-NumPy kernels: the versions to read and step through.
+
+Every function here has a Numba twin with the same name and signature in
+``fused.py``; ``tests/test_kernels.py`` holds the two equal. Outputs are written
+into caller-provided arrays (``out=``), so the training step allocates nothing
+once its buffers exist. Scalars arrive already cast to the arrays' dtype, so
+float32 arrays stay float32 (NumPy 2 keeps ``float32 * float32-scalar`` float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Adam's moments of weights whose gradient is always zero (e.g. border pixels
+# of every image) decay geometrically into the subnormal range, where every
+# arithmetic operation is ~100x slower. Values below the smallest normal
+# float32 are flushed to exactly zero; that changes an update by < 1e-38.
+FLUSH_BELOW = float(np.finfo(np.float32).tiny)
+
+# Constants of the SplitMix64 finaliser, a cheap, well-mixed integer hash: the
+# dropout mask of element i is a pure function of (key, i), so both backends
+# draw the identical mask and a run is reproducible from the key alone.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def add_bias(z: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out[n, j] = z[n, j] + b[j]  (``out`` may be ``z``)."""
+    np.add(z, b, out=out)
+
+
+def relu_forward(x: np.ndarray, out: np.ndarray) -> None:
+    """out = max(x, 0)."""
+    np.maximum(x, 0, out=out)
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """out = dy where the forward output y > 0, else 0 (the ReLU mask)."""
+    np.multiply(dy, y > 0, out=out)
+
+
+def dropout_mask(key: int, p: float, mask: np.ndarray) -> None:
+    """Fill ``mask`` with 0 (dropped, probability p) or 1/(1-p) (kept).
+
+    Element i is kept when the top 24 bits of hash(key, i) are >= p * 2**24,
+    so the keep probability is 1 - p up to 2**-24.
+    """
+    i = np.arange(1, mask.size + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        z = np.uint64(key) + i * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    keep = (z >> np.uint64(40)) >= np.uint64(round(p * 2**24))
+    scale = mask.dtype.type(1.0 / (1.0 - p))
+    np.multiply(keep.reshape(mask.shape), scale, out=mask)
+
+
+def multiply(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a * b elementwise: dropout forward (x * mask) and backward (dy * mask)."""
+    np.multiply(a, b, out=out)
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, dlogits: np.ndarray) -> float:
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    With s = logits - max(logits) per row (log-sum-exp shift: exp never overflows),
+        loss_n = log(sum_k exp(s_nk)) - s_n,label
+        dlogits = (softmax(logits) - onehot(labels)) / N
+    Returns the loss as a Python float; writes the gradient into ``dlogits``.
+    """
+    n = logits.shape[0]
+    rows = np.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=dlogits)
+    sums = dlogits.sum(axis=1, keepdims=True)
+    loss = float(np.sum(np.log(sums[:, 0]) - shifted[rows, labels], dtype=np.float64)) / n
+    dlogits /= sums
+    dlogits[rows, labels] -= 1
+    dlogits *= dlogits.dtype.type(1.0 / n)
+    return loss
+
+
+def adam_update(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,
+                coef: np.ndarray) -> None:
+    """One AdamW step for one parameter, in place.
+
+    ``coef`` = [beta1, 1-beta1, beta2, 1-beta2, eps, decay, step_size, inv_sqrt_bc2,
+    FLUSH_BELOW] in the parameter's dtype (see ``nnscratch.optim.Adam``), and
+
+        m <- beta1 m + (1 - beta1) g           v <- beta2 v + (1 - beta2) g^2
+        p <- decay p - step_size m / (sqrt(v) inv_sqrt_bc2 + eps)
+
+    with decay = 1 - lr * weight_decay (decoupled weight decay, AdamW),
+    step_size = lr / (1 - beta1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t).
+    The last line is exactly p - lr m_hat / (sqrt(v_hat) + eps), m_hat and v_hat
+    being the bias-corrected moments.
+    """
+    beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush = coef
+    m *= beta1
+    m += c1 * grad
+    m[np.abs(m) < flush] = 0
+    v *= beta2
+    v += c2 * (grad * grad)
+    v[v < flush] = 0
+    update = m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
+    param *= decay
+    param -= step_size * update
+
+
+def gather_scale(src: np.ndarray, idx: np.ndarray, scale: float, out: np.ndarray) -> None:
+    """out[i, :] = src[idx[i], :] * scale, converting to out's dtype (uint8 pixels -> floats)."""
+    np.multiply(src[idx], scale, out=out, casting="unsafe")

@@ -1,0 +1,245 @@
+"""Sequential: a stack of layers with train/eval modes, state dicts and a
+Keras-style fit / evaluate / predict."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from . import kernels
+from .layers import Dense, Dropout, Layer
+from .losses import SoftmaxCrossEntropy, softmax
+from .optim import Adam, Parameter
+
+
+class Sequential:
+    """Layers applied in order: ``forward`` runs them first to last, ``backward``
+    last to first, each layer's ``backward`` receiving the gradient that the
+    layer above returned (the chain rule, one layer at a time).
+
+    ``seed`` (an int or a ``numpy.random.Generator``) makes the one generator
+    of the model: it initialises every Dense layer, draws every dropout mask,
+    and shuffles the data in ``fit``. ``dtype`` is the floating type of the
+    parameters and of the whole training path ("float32", or "float64" for
+    gradient checks).
+    """
+
+    def __init__(self, *layers: Layer, seed: int | np.random.Generator | None = None,
+                 dtype: DTypeLike = "float32") -> None:
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"Sequential: dtype must be float32 or float64, got {self.dtype}")
+        self.layers: list[Layer] = list(layers)
+        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
+        if not dense:
+            raise ValueError("Sequential: needs at least one Dense layer")
+        for lower, upper in zip(dense, dense[1:]):
+            if lower.out_features != upper.in_features:
+                raise ValueError(f"Sequential: {lower!r} outputs {lower.out_features} features "
+                                 f"but the next {upper!r} expects {upper.in_features}")
+        self.in_features = dense[0].in_features
+        self.num_classes = dense[-1].out_features
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        for layer in self.layers:
+            layer._buffers = {}
+            if isinstance(layer, Dense):
+                if layer.params["weight"].dtype != self.dtype:
+                    layer.astype(self.dtype)
+                layer.reset_parameters(self.rng)
+            elif isinstance(layer, Dropout):
+                layer.rng = self.rng
+        self.loss = SoftmaxCrossEntropy()
+        self.loss._buffers = {}
+        self.training = True
+        self._batch: np.ndarray | None = None
+
+    # ---- modes and parameters -------------------------------------------------
+    def train(self, mode: bool = True) -> Sequential:
+        """Training mode (dropout active). Returns the model."""
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        """Evaluation mode (dropout is the identity). Returns the model."""
+        return self.train(False)
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Make ``rng`` the model's generator (dropout masks, shuffling)."""
+        self.rng = rng
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.rng = rng
+
+    def parameters(self) -> list[Parameter]:
+        """Every trainable array with its gradient, named ``layers.{i}.{key}``."""
+        return [Parameter(f"layers.{i}.{key}", value, layer.grads[key])
+                for i, layer in enumerate(self.layers) for key, value in layer.params.items()]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of all parameters under flat names such as ``layers.0.weight``."""
+        return {p.name: p.value.copy() for p in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state`` into the parameters (in place). Strict: any missing or
+        unexpected key, shape mismatch or non-numeric array raises one
+        ``ValueError`` that lists all of them, and nothing is changed."""
+        own = {p.name: p.value for p in self.parameters()}
+        problems = [f"missing key {k!r}" for k in own if k not in state]
+        problems += [f"unexpected key {k!r}" for k in state if k not in own]
+        for name in own.keys() & state.keys():
+            value = np.asarray(state[name])
+            if value.shape != own[name].shape:
+                problems.append(f"{name!r} has shape {value.shape}, expected {own[name].shape}")
+            elif value.dtype.kind not in "fiu":
+                problems.append(f"{name!r} has dtype {value.dtype}, expected a float array")
+        if problems:
+            raise ValueError("load_state_dict: " + "; ".join(sorted(problems)))
+        for name, value in own.items():
+            value[...] = state[name]
+
+    def config(self) -> list[dict[str, Any]]:
+        """The architecture: one ``layer.config()`` dict per layer."""
+        return [layer.config() for layer in self.layers]
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Sequential(\n{inner}\n)  # dtype={self.dtype}"
+
+    # ---- forward and backward -------------------------------------------------
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
+        # Below the lowest Dense layer only input gradients flow; skip them
+        # (and that layer's dx product) when the caller does not want dx.
+        lowest = 0 if input_grad else next(
+            i for i, layer in enumerate(self.layers) if isinstance(layer, Dense))
+        for i in range(len(self.layers) - 1, lowest - 1, -1):
+            layer = self.layers[i]
+            if i == lowest and not input_grad:
+                layer.backward(grad, input_grad=False)
+                return None
+            grad = layer.backward(grad)
+        return grad
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, num_classes) for a batch (a new array). uint8 input is
+        scaled by 1/255; float input is converted to the model dtype."""
+        x = self.check_input(x)
+        return self._forward(self._as_batch(x, np.arange(len(x)))).copy()
+
+    def backward(self, dlogits: np.ndarray) -> np.ndarray:
+        """Backpropagate dL/dlogits through every layer after ``forward``: fills
+        each layer's ``grads`` and returns dL/dx (a new array)."""
+        return self._backward(np.asarray(dlogits, self.dtype), input_grad=True).copy()
+
+    __call__ = forward
+
+    # ---- input handling -------------------------------------------------------
+    def check_input(self, x: Any, name: str = "x") -> np.ndarray:
+        """Validate a batch of images: shape (N, in_features) or (N, ...) with
+        that many values per sample, uint8 or finite floats, N >= 1."""
+        x = np.asarray(x)
+        side = int(round(np.sqrt(self.in_features)))
+        square = f" or (N, {side}, {side})" if side * side == self.in_features else ""
+        expected = f"(N, {self.in_features}){square}"
+        if x.dtype != np.uint8 and x.dtype.kind != "f":
+            raise ValueError(f"{name}: expected uint8 pixels (0-255) or floats, got dtype {x.dtype}")
+        if x.ndim < 2 or int(np.prod(x.shape[1:])) != self.in_features:
+            hint = " (for a single image, pass x[None])" if x.ndim >= 1 and \
+                x.size == self.in_features else ""
+            raise ValueError(f"{name}: expected shape {expected}, got {x.shape}{hint}")
+        if len(x) == 0:
+            raise ValueError(f"{name}: empty batch, shape {x.shape}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"{name}: contains NaN or infinite values")
+        return x
+
+    def _as_batch(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Gather rows ``idx`` of ``x`` into a reused buffer of the model dtype,
+        scaling uint8 pixels by 1/255 on the way (so data can stay uint8)."""
+        flat = x.reshape(len(x), -1)
+        shape = (len(idx), flat.shape[1])
+        if self._batch is None or self._batch.shape != shape:
+            self._batch = np.empty(shape, self.dtype)
+        scale = self.dtype.type(1 / 255 if x.dtype == np.uint8 else 1)
+        kernels.gather_scale(flat, idx, scale, self._batch)
+        return self._batch.reshape((len(idx),) + x.shape[1:])
+
+    # ---- Keras-style convenience ----------------------------------------------
+    def fit(self, x: np.ndarray, y: np.ndarray, *, optimizer: Adam | None = None,
+            epochs: int = 1, batch_size: int = 128,
+            validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+            seed: int | np.random.Generator | None = None,
+            lr_schedule: str | Callable[[int], float] = "constant", warmup_epochs: float = 0.0,
+            restore_best: bool = False, verbose: int = 1) -> dict[str, list[float]]:
+        """Train with mini-batches of shuffled indices; returns the history dict
+        (``loss``, ``accuracy`` and, with validation data, ``val_loss``,
+        ``val_accuracy``, one value per epoch, plus ``lr`` and ``epoch_time``).
+
+        ``optimizer`` defaults to ``Adam(self.parameters())``. ``seed``, if
+        given, replaces the model's generator for shuffling and dropout.
+        ``lr_schedule`` is "constant", "cosine" (linear warm-up over
+        ``warmup_epochs``, then cosine decay to 0 at the last step), or a
+        function of the 1-based step. ``restore_best`` keeps the weights of the
+        epoch with the best validation accuracy.
+        """
+        from .training import Trainer  # the loop lives in its own module
+
+        trainer = Trainer(self, x, y, optimizer=optimizer, epochs=epochs,
+                          batch_size=batch_size, validation_data=validation_data,
+                          seed=seed, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+                          restore_best=restore_best, verbose=verbose)
+        return trainer.run()
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000) -> dict[str, float]:
+        """Mean loss and accuracy on (x, y) in eval mode: ``{"loss", "accuracy"}``."""
+        x = self.check_input(x)
+        y = self._check_labels(y, len(x))
+        was_training = self.training
+        self.eval()
+        total_loss, correct = 0.0, 0
+        try:
+            for start in range(0, len(x), batch_size):
+                idx = np.arange(start, min(start + batch_size, len(x)))
+                logits = self._forward(self._as_batch(x, idx))
+                total_loss += self.loss.forward(logits, y[idx]) * len(idx)
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == y[idx]))
+        finally:
+            self.train(was_training)
+        return {"loss": total_loss / len(x), "accuracy": correct / len(x)}
+
+    def predict(self, x: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
+        """Class probabilities (N, num_classes) in eval mode, for images of shape
+        (N, 28, 28) or (N, 784), uint8 or float."""
+        x = self.check_input(x)
+        was_training = self.training
+        self.eval()
+        out = np.empty((len(x), self.num_classes), self.dtype)
+        try:
+            for start in range(0, len(x), batch_size):
+                idx = np.arange(start, min(start + batch_size, len(x)))
+                out[idx] = softmax(self._forward(self._as_batch(x, idx)))
+        finally:
+            self.train(was_training)
+        return out
+
+    def _check_labels(self, y: Any, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape != (n,) or y.dtype.kind not in "iu":
+            raise ValueError(f"labels: expected {n} integers, shape ({n},), got {y.dtype} {y.shape}")
+        if y.min() < 0 or y.max() >= self.num_classes:
+            raise ValueError(f"labels: expected values in 0..{self.num_classes - 1}, "
+                             f"found {y.min()}..{y.max()}")
+        return y.astype(np.intp, copy=False)

@@ -1,0 +1,118 @@
+"""Adam with decoupled weight decay (AdamW), owning its state by parameter name."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, NamedTuple
+
+import numpy as np
+
+from . import kernels
+
+
+class Parameter(NamedTuple):
+    """A trainable array, its gradient array (same shape) and its dotted name."""
+
+    name: str
+    value: np.ndarray
+    grad: np.ndarray
+
+
+class Adam:
+    """Adam (Kingma & Ba) with bias correction and AdamW-style weight decay.
+
+    For each parameter p with gradient g, at step t = 1, 2, ...:
+        m = beta1 m + (1 - beta1) g,          v = beta2 v + (1 - beta2) g^2
+        m_hat = m / (1 - beta1^t),            v_hat = v / (1 - beta2^t)
+        p = p - lr * weight_decay * p - lr * m_hat / (sqrt(v_hat) + eps)
+    The decay term uses p before the step and does not pass through m and v
+    (decoupled, Loshchilov & Hutter), so it shrinks every weight at the same
+    relative rate whatever its gradient history. The whole update for one
+    parameter runs as one kernel pass (``kernels.adam_update``).
+
+    ``params`` is what ``Sequential.parameters()`` returns: ``Parameter``
+    tuples (name, value, grad). ``lr`` may be changed between steps (schedules).
+    """
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        self.params = [Parameter(*p) for p in params]
+        names = [p.name for p in self.params]
+        if not self.params:
+            raise ValueError("Adam: no parameters to optimize")
+        if len(set(names)) != len(names):
+            raise ValueError(f"Adam: parameter names must be unique, got {names}")
+        if not (lr > 0 and np.isfinite(lr)):
+            raise ValueError(f"Adam: lr must be a positive number, got {lr!r}")
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"Adam: betas must be two numbers in [0, 1), got {betas!r}")
+        if not eps > 0:
+            raise ValueError(f"Adam: eps must be positive, got {eps!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"Adam: weight_decay must be >= 0, got {weight_decay!r}")
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.step_count = 0
+        self.m = {p.name: np.zeros_like(p.value) for p in self.params}
+        self.v = {p.name: np.zeros_like(p.value) for p in self.params}
+
+    def _coefficients(self, dtype: np.dtype) -> np.ndarray:
+        # Computed once per step in float64, then rounded to the parameters'
+        # dtype so the kernels stay in float32 on the float32 path.
+        b1, b2 = self.betas
+        t = self.step_count
+        return np.array([b1, 1 - b1, b2, 1 - b2, self.eps,
+                         1 - self.lr * self.weight_decay,
+                         self.lr / (1 - b1**t), 1 / np.sqrt(1 - b2**t),
+                         kernels.FLUSH_BELOW], dtype=dtype)
+
+    def step(self) -> None:
+        """Apply one update to every parameter from its current gradient."""
+        self.step_count += 1
+        coefs: dict[np.dtype, np.ndarray] = {}
+        for p in self.params:
+            coef = coefs.get(p.value.dtype)
+            if coef is None:
+                coef = coefs[p.value.dtype] = self._coefficients(p.value.dtype)
+            kernels.adam_update(p.value, p.grad, self.m[p.name], self.v[p.name], coef)
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (layers overwrite gradients, so training
+        does not need this; it is here for code written PyTorch-style)."""
+        for p in self.params:
+            p.grad[...] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hyperparameters, step count and moments (copies), keyed by parameter name."""
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "step": self.step_count,
+                "m": {k: v.copy() for k, v in self.m.items()},
+                "v": {k: v.copy() for k, v in self.v.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; every mismatch is reported at once."""
+        problems = []
+        for key in ("m", "v"):
+            given = state.get(key, {})
+            for name in sorted(set(self.m) - set(given)):
+                problems.append(f"missing {key}[{name!r}]")
+            for name in sorted(set(given) - set(self.m)):
+                problems.append(f"unexpected {key}[{name!r}]")
+            for name in sorted(set(given) & set(self.m)):
+                if np.shape(given[name]) != self.m[name].shape:
+                    problems.append(f"{key}[{name!r}] has shape {np.shape(given[name])}, "
+                                    f"expected {self.m[name].shape}")
+        if not isinstance(state.get("step"), (int, np.integer)) or state["step"] < 0:
+            problems.append(f"step must be a non-negative integer, got {state.get('step')!r}")
+        if problems:
+            raise ValueError("Adam.load_state_dict: " + "; ".join(problems))
+        self.lr = float(state.get("lr", self.lr))
+        self.betas = tuple(float(b) for b in state.get("betas", self.betas))
+        self.eps = float(state.get("eps", self.eps))
+        self.weight_decay = float(state.get("weight_decay", self.weight_decay))
+        self.step_count = int(state["step"])
+        for name in self.m:
+            self.m[name][...] = state["m"][name]
+            self.v[name][...] = state["v"][name]

@@ -1,0 +1,204 @@
+"""The training loop: mini-batch Adam over shuffled indices, with the state
+needed to stop at any step and resume bit-identically."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from .model import Sequential
+from .optim import Adam
+from .progress import Progress
+from .schedules import Constant, WarmupCosine
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a weight became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """``Trainer.stop_requested`` was set; the trainer stopped between two steps
+    and its ``state_dict()`` resumes exactly there."""
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """One training run of ``model`` on (x, y); ``Sequential.fit`` wraps it.
+
+    Each epoch draws a permutation of the sample indices from the generator
+    and walks it in batches; each step is forward, loss, backward, Adam.
+    ``stop_requested`` (set e.g. from a signal handler) makes ``run`` raise
+    ``TrainingInterrupted`` after the current step; ``on_epoch_end(trainer)``
+    runs after each finished epoch (the CLI writes checkpoints there).
+    """
+
+    def __init__(self, model: Sequential, x: np.ndarray, y: np.ndarray, *,
+                 optimizer: Adam | None = None, epochs: int = 1, batch_size: int = 128,
+                 validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+                 seed: int | np.random.Generator | None = None,
+                 lr_schedule: str | Callable[[int], float] = "constant",
+                 warmup_epochs: float = 0.0, restore_best: bool = False, verbose: int = 1,
+                 stream: TextIO | None = None,
+                 on_epoch_end: Callable[[Trainer], None] | None = None) -> None:
+        self.model = model
+        self.x = model.check_input(x)
+        self.y = model._check_labels(y, len(self.x))
+        self.epochs = _positive_int("epochs", epochs)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.validation = None
+        if validation_data is not None:
+            vx, vy = validation_data
+            vx = model.check_input(vx, "validation x")
+            self.validation = (vx, model._check_labels(vy, len(vx)))
+        if restore_best and self.validation is None:
+            raise ValueError("restore_best needs validation_data to pick the best epoch")
+        self.restore_best = restore_best
+        if seed is not None:
+            model.set_rng(seed if isinstance(seed, np.random.Generator)
+                          else np.random.default_rng(seed))
+        self.optimizer = optimizer if optimizer is not None else Adam(model.parameters())
+        self.steps_per_epoch = math.ceil(len(self.x) / self.batch_size)
+        self.schedule = self._make_schedule(lr_schedule, warmup_epochs)
+        self.progress = Progress(self.epochs, self.steps_per_epoch, verbose, stream)
+        self.on_epoch_end = on_epoch_end
+        self.stop_requested = False
+        # Everything below is the resumable state (see state_dict).
+        self.epoch = 0          # index of the epoch in progress
+        self.batch = 0          # index of the next batch within it
+        self.perm = np.arange(len(self.x))
+        self.loss_sum, self.correct, self.seen, self.elapsed = 0.0, 0, 0, 0.0
+        self.history: dict[str, list[float]] = {k: [] for k in self._history_keys()}
+        self.best: dict[str, Any] | None = None
+        # Reused per-step buffers for labels and predictions.
+        self._yb = np.empty(self.batch_size, np.intp)
+        self._pred = np.empty(self.batch_size, np.intp)
+
+    def _history_keys(self) -> list[str]:
+        keys = ["loss", "accuracy"]
+        if self.validation is not None:
+            keys += ["val_loss", "val_accuracy"]
+        return keys + ["lr", "epoch_time"]
+
+    def _make_schedule(self, kind: str | Callable[[int], float],
+                       warmup_epochs: float) -> Callable[[int], float]:
+        if callable(kind):
+            return kind
+        if kind == "constant":
+            return Constant(self.optimizer.lr)
+        if kind == "cosine":
+            total = self.epochs * self.steps_per_epoch
+            warmup = min(round(warmup_epochs * self.steps_per_epoch), total)
+            return WarmupCosine(self.optimizer.lr, total, warmup)
+        raise ValueError(f"lr_schedule must be 'constant', 'cosine' or a function, got {kind!r}")
+
+    # ---- the loop --------------------------------------------------------------
+    def _step(self, idx: np.ndarray) -> float:
+        model, n = self.model, len(idx)
+        logits = model._forward(model._as_batch(self.x, idx))
+        yb = self._yb[:n]
+        np.take(self.y, idx, out=yb)
+        loss = model.loss.forward(logits, yb)
+        model._backward(model.loss.backward(), input_grad=False)
+        self.optimizer.lr = self.schedule(self.optimizer.step_count + 1)
+        self.optimizer.step()
+        pred = self._pred[:n]
+        np.argmax(logits, axis=1, out=pred)
+        self.correct += int(np.count_nonzero(pred == yb))
+        return loss
+
+    def run(self) -> dict[str, list[float]]:
+        """Train until ``epochs`` are done; returns the history."""
+        model = self.model
+        model.train()
+        while self.epoch < self.epochs:
+            if self.batch == 0:
+                self.perm = model.rng.permutation(len(self.x))
+                self.loss_sum, self.correct, self.seen, self.elapsed = 0.0, 0, 0, 0.0
+            self.progress.start_epoch(self.epoch)
+            started = time.perf_counter()
+            while self.batch < self.steps_per_epoch:
+                idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+                loss = self._step(idx)
+                if not math.isfinite(loss):
+                    self._diverged(f"the loss became {loss}")
+                self.loss_sum += loss * len(idx)
+                self.seen += len(idx)
+                self.batch += 1
+                self.progress.update(self.batch, self._running_metrics())
+                if self.stop_requested:
+                    self.elapsed += time.perf_counter() - started
+                    raise TrainingInterrupted
+            self.elapsed += time.perf_counter() - started
+            self._finish_epoch()
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self)
+        if self.restore_best and self.best is not None:
+            model.load_state_dict(self.best["weights"])
+        return self.history
+
+    def _running_metrics(self) -> dict[str, float]:
+        return {"loss": self.loss_sum / max(self.seen, 1),
+                "accuracy": self.correct / max(self.seen, 1)}
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDiverged(
+            f"{what} at epoch {self.epoch + 1}, step {self.batch + 1} "
+            f"(learning rate {self.optimizer.lr:.3g}). The learning rate is probably too "
+            f"high for this model: try one 10x smaller.")
+
+    def _finish_epoch(self) -> None:
+        if not all(np.isfinite(p.value).all() for p in self.model.parameters()):
+            self._diverged("a weight became NaN or infinite")
+        metrics = self._running_metrics()
+        if self.validation is not None:
+            val = self.model.evaluate(*self.validation)
+            metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            if self.best is None or val["accuracy"] > self.best["val_accuracy"]:
+                self.best = {"val_accuracy": val["accuracy"], "epoch": self.epoch + 1,
+                             "weights": self.model.state_dict()}
+        for key, value in metrics.items():
+            self.history[key].append(float(value))
+        self.history["lr"].append(self.optimizer.lr)
+        self.history["epoch_time"].append(self.elapsed)
+        self.progress.end_epoch(self.elapsed, metrics)
+        self.epoch += 1
+        self.batch = 0
+
+    # ---- resumable state -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides the rest of the run: position, permutation,
+        running sums, history, best weights, the generator's state, the
+        optimizer and the model's weights."""
+        return {
+            "epoch": self.epoch, "batch": self.batch, "perm": self.perm.copy(),
+            "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+            "elapsed": self.elapsed,
+            "history": {k: list(v) for k, v in self.history.items()},
+            "best": None if self.best is None else dict(self.best),
+            "rng_state": self.model.rng.bit_generator.state,
+            "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict()`` taken from a run of the same setup."""
+        if len(state["perm"]) != len(self.x):
+            raise ValueError(f"the checkpoint was taken on {len(state['perm'])} training "
+                             f"samples, this run has {len(self.x)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.rng.bit_generator.state = state["rng_state"]
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.perm = np.asarray(state["perm"], dtype=np.intp)
+        self.loss_sum, self.correct = float(state["loss_sum"]), int(state["correct"])
+        self.seen, self.elapsed = int(state["seen"]), float(state["elapsed"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.best = state["best"]
