@@ -58,6 +58,7 @@ class Sequential:
         self.loss = SoftmaxCrossEntropy()
         self.loss._buffers = {}
         self.training = True
+        self.class_names: list[str] | None = None  # set by nnscratch.load
         self._batch: np.ndarray | None = None
 
     # ---- modes and parameters -------------------------------------------------

@@ -1,0 +1,463 @@
+"""Fashion-MNIST as verified NumPy arrays.
+
+``load_fashion_mnist()`` finds the four original IDX files (gzip-compressed or
+raw), checks them byte for byte against known SHA-256 hashes, and returns them
+like ``keras.datasets.fashion_mnist.load_data()``.  Every problem with the data
+raises :class:`DataError` with a message that says which file is wrong and how
+to fix it.
+
+Verifying means decompressing and hashing ~47 MB (about half a second), so the
+decoded arrays are also cached as ``.npy`` files next to a small manifest; later
+calls memory-map them in milliseconds as long as the source files are unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import json
+import math
+import os
+import struct
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+__all__ = [
+    "CLASS_NAMES",
+    "DataError",
+    "load_fashion_mnist",
+    "parse_idx",
+    "read_idx_file",
+]
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dims (count, rows, cols)
+LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dim (count)
+IMAGE_SIDE = 28
+
+# (images, labels) file names per split, in the order the arrays are returned.
+SPLITS: tuple[tuple[str, str], ...] = (
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
+FILE_NAMES: tuple[str, ...] = tuple(name for pair in SPLITS for name in pair)
+_MAGIC = {name: IMAGE_MAGIC if "images" in name else LABEL_MAGIC for name in FILE_NAMES}
+
+# SHA-256 of the *decompressed* files: Debian recompresses the .gz files, so
+# hashes of the compressed bytes differ between sources while these do not.
+SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+# Module-level so tests (and unusual setups) can redirect them.
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package dataset-fashion-mnist
+BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DOWNLOAD_TIMEOUT = 10.0  # seconds per socket operation
+ENV_VAR = "NNSCRATCH_DATA"
+ARRAY_CACHE_SUBDIR = "arrays-v1"  # bump when the cache layout changes
+MANIFEST_NAME = "manifest.json"
+
+_REPLACE_HINT = (
+    "Delete or replace this file (a good copy comes with "
+    "`sudo apt-get install dataset-fashion-mnist`), or point data_dir / "
+    f"{ENV_VAR} at a directory holding the real Fashion-MNIST files."
+)
+
+
+class DataError(ValueError):
+    """The Fashion-MNIST data is missing, damaged, or not the expected file.
+
+    The message names the file, what was expected, what was found, and how to
+    fix it.
+    """
+
+
+Log = Callable[[str], None]
+Fingerprint = dict[str, dict[str, object]]  # file name -> path, size, mtime, hash
+
+
+def parse_idx(data: bytes, *, name: str, expect_magic: int) -> np.ndarray:
+    """Parse one decompressed IDX file of unsigned bytes.
+
+    ``name`` is only used in error messages.  For images (magic 2051) the
+    result has shape ``(count, 28, 28)``; for labels (magic 2049) ``(count,)``.
+    The returned array is a read-only view of ``data``.
+
+    Raises:
+        DataError: wrong magic number, truncated header, a payload that is
+            shorter or longer than the declared shape, or images not 28x28.
+    """
+    if len(data) < 4:
+        raise DataError(
+            f"{name}: expected an IDX file, found only {len(data)} bytes "
+            f"(the file is empty or truncated). {_REPLACE_HINT}"
+        )
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expect_magic:
+        kind = {IMAGE_MAGIC: "images", LABEL_MAGIC: "labels"}.get(expect_magic, "IDX")
+        found = {IMAGE_MAGIC: " (an images file)", LABEL_MAGIC: " (a labels file)"}.get(magic, "")
+        if data[:2] == b"\x1f\x8b":
+            found = " (gzip-compressed data: give the file a .gz suffix)"
+        raise DataError(
+            f"{name}: expected IDX magic number {expect_magic} ({kind}), "
+            f"found {magic}{found}. {_REPLACE_HINT}"
+        )
+
+    ndim = magic & 0xFF  # the last magic byte is the number of dimensions
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataError(
+            f"{name}: expected a {header_len}-byte IDX header, found only "
+            f"{len(data)} bytes (the file is truncated). {_REPLACE_HINT}"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4:header_len])
+    if expect_magic == IMAGE_MAGIC and dims[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(
+            f"{name}: expected {IMAGE_SIDE}x{IMAGE_SIDE} images, found "
+            f"{dims[1]}x{dims[2]}; this is not Fashion-MNIST. {_REPLACE_HINT}"
+        )
+
+    # Compare with the real byte count using Python ints *before* touching
+    # NumPy, so a corrupt header declaring a huge shape cannot allocate.
+    expected = math.prod(dims)
+    found_len = len(data) - header_len
+    if found_len != expected:
+        problem = (
+            "the file is truncated" if found_len < expected
+            else f"{found_len - expected} unexpected trailing bytes"
+        )
+        raise DataError(
+            f"{name}: the header declares shape {dims}, i.e. {expected} data "
+            f"bytes, but found {found_len} ({problem}). {_REPLACE_HINT}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def read_idx_file(
+    path: str | os.PathLike[str], *, expect_magic: int, sha256: str | None = None
+) -> np.ndarray:
+    """Read and parse an IDX file, gzip-compressed if its name ends in ``.gz``.
+
+    If ``sha256`` is given it must match the hash of the *decompressed* bytes.
+
+    Raises:
+        DataError: the file cannot be read, is not valid gzip, fails
+            :func:`parse_idx`, or has a different hash.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: could not read the file ({exc}). {_REPLACE_HINT}") from None
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+            raise DataError(
+                f"{path}: expected valid gzip data, found a corrupt or truncated "
+                f"file ({type(exc).__name__}: {exc}). {_REPLACE_HINT}"
+            ) from None
+
+    array = parse_idx(data, name=str(path), expect_magic=expect_magic)
+    # Hash after parsing: a truncated file gets the more precise message above.
+    if sha256 is not None:
+        found = hashlib.sha256(data).hexdigest()
+        if found != sha256.lower():
+            raise DataError(
+                f"{path}: this is not the expected Fashion-MNIST file: SHA-256 of "
+                f"the decompressed data is {found[:16]}..., expected {sha256[:16]}... "
+                "(for example, the MNIST digits file has the same format but a "
+                f"different hash). {_REPLACE_HINT}"
+            )
+    return array
+
+
+def load_fashion_mnist(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    verbose: bool = False,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Return ``(x_train, y_train), (x_test, y_test)`` as verified uint8 arrays.
+
+    Shapes are (60000, 28, 28), (60000,), (10000, 28, 28) and (10000,); labels
+    index :data:`CLASS_NAMES`.  The arrays are **read-only** (memory-mapped from
+    the cache, or views of the decompressed files): use ``.astype(...)`` or
+    ``.copy()`` before modifying them in place.
+
+    Each of the four files may be ``NAME.gz`` or raw ``NAME``.  The first
+    directory holding all four is used, searched in this order:
+
+    1. ``data_dir`` if given (then nothing else is searched);
+    2. ``$NNSCRATCH_DATA``;
+    3. the user cache: ``$XDG_CACHE_HOME/nnscratch/fashion-mnist`` or
+       ``~/.cache/nnscratch/fashion-mnist``;
+    4. :data:`DEBIAN_DIR` (Debian package ``dataset-fashion-mnist``);
+    5. if ``download`` is true, download from :data:`BASE_URL` into the cache.
+
+    A directory that holds the files but fails verification raises rather
+    than being skipped, so a bad copy is never silently shadowed.
+
+    Raises:
+        DataError: the data is missing, damaged or not Fashion-MNIST.
+    """
+    def log(message: str) -> None:
+        if verbose:
+            print(f"[nnscratch] {message}", file=sys.stderr)
+
+    sources = _find_sources(data_dir, download, log)
+    fingerprint = _fingerprint(sources)
+    arrays = _load_array_cache(fingerprint, log)
+    if arrays is None:
+        arrays = _verify_sources(sources, log)
+        _write_array_cache(fingerprint, arrays, log)
+    (train_x, train_y), (test_x, test_y) = SPLITS
+    return (arrays[train_x], arrays[train_y]), (arrays[test_x], arrays[test_y])
+
+
+# --- locating the files -------------------------------------------------------
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nnscratch" / "fashion-mnist"
+
+
+def _locate(directory: Path) -> dict[str, Path]:
+    """Map each file name to ``NAME.gz`` or ``NAME`` in ``directory``, if present."""
+    found = {}
+    for name in FILE_NAMES:
+        for candidate in (directory / f"{name}.gz", directory / name):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+    return found
+
+
+def _find_sources(
+    data_dir: str | os.PathLike[str] | None, download: bool, log: Log
+) -> dict[str, Path]:
+    if data_dir is not None:
+        directory = Path(data_dir).expanduser()
+        found = _locate(directory)
+        missing = [name for name in FILE_NAMES if name not in found]
+        if missing:
+            wanted = ", ".join(f"{name}[.gz]" for name in missing)
+            raise DataError(
+                f"{directory}: expected the four Fashion-MNIST files, but did not "
+                f"find {wanted}. Put them there (as NAME.gz or raw NAME), or call "
+                "load_fashion_mnist() without data_dir to use the default locations."
+            )
+        return found
+
+    env_dir = os.environ.get(ENV_VAR)
+    searched = [Path(env_dir).expanduser()] if env_dir else []
+    searched += [_user_cache_dir(), Path(DEBIAN_DIR)]
+    for directory in searched:
+        found = _locate(directory)
+        if len(found) == len(FILE_NAMES):
+            log(f"using Fashion-MNIST files in {directory}")
+            return found
+        log(f"{directory}: {len(found)} of {len(FILE_NAMES)} files present, skipping")
+
+    if not download:
+        raise _not_found_error(searched, "download=False, so nothing was downloaded")
+    return _download(_user_cache_dir(), searched, log)
+
+
+def _not_found_error(searched: list[Path], reason: str) -> DataError:
+    where = ", ".join(str(d) for d in searched)
+    return DataError(
+        f"Fashion-MNIST files ({', '.join(FILE_NAMES)}, each .gz or raw) not "
+        f"found in: {where}; {reason}. To fix: set {ENV_VAR}=/path/to/dir holding "
+        "the four files, or run `sudo apt-get install dataset-fashion-mnist`, "
+        "or connect to the internet and let load_fashion_mnist(download=True) "
+        f"fetch them from {BASE_URL}."
+    )
+
+
+def _download(cache_dir: Path, searched: list[Path], log: Log) -> dict[str, Path]:
+    """Fetch missing ``.gz`` files into ``cache_dir``; each is verified before it lands."""
+    url = BASE_URL
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        present = _locate(cache_dir)
+        for name in FILE_NAMES:
+            if name in present:
+                continue
+            url = f"{BASE_URL.rstrip('/')}/{name}.gz"
+            log(f"downloading {url}")
+            _atomic_write(
+                cache_dir / f"{name}.gz",
+                lambda f, url=url: _fetch(url, f),
+                check=lambda tmp, name=name: read_idx_file(
+                    tmp, expect_magic=_MAGIC[name], sha256=SHA256[name]
+                ),
+            )
+    except DataError as exc:
+        raise DataError(
+            f"{url}: the downloaded file failed verification and was discarded "
+            f"({exc}). The server may be serving a different file; set {ENV_VAR} "
+            "or install dataset-fashion-mnist instead."
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        raise _not_found_error(searched, f"downloading {url} failed ({exc})") from None
+    return _locate(cache_dir)
+
+
+def _fetch(url: str, out: BinaryIO) -> None:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+
+
+def _atomic_write(
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Write via a temp file in the same directory, then rename over ``path``.
+
+    Readers never see a partial file, and on any failure (including ``check``
+    rejecting the result) the temp file is removed.  The temp name keeps the
+    final suffix so ``check`` can tell a ``.gz`` file from a raw one.
+    """
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+    )
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- verification -------------------------------------------------------------
+
+
+def _verify_sources(sources: dict[str, Path], log: Log) -> dict[str, np.ndarray]:
+    start = time.perf_counter()
+    arrays = {
+        name: read_idx_file(sources[name], expect_magic=_MAGIC[name], sha256=SHA256[name])
+        for name in FILE_NAMES
+    }
+    # Redundant for the real files (the hashes pin them down), but they keep
+    # the messages precise if the hash table is ever changed or relaxed.
+    for images_name, labels_name in SPLITS:
+        images, labels = arrays[images_name], arrays[labels_name]
+        if len(images) != len(labels):
+            raise DataError(
+                f"{sources[images_name]} holds {len(images)} images but "
+                f"{sources[labels_name]} holds {len(labels)} labels; expected equal "
+                "counts from the same split. Replace both with matching Fashion-MNIST files."
+            )
+        bad = np.flatnonzero(labels >= len(CLASS_NAMES))
+        if bad.size:
+            raise DataError(
+                f"{sources[labels_name]}: expected labels 0..{len(CLASS_NAMES) - 1}, "
+                f"found {labels[bad[0]]} at index {bad[0]} ({bad.size} bad labels). "
+                f"{_REPLACE_HINT}"
+            )
+    log(f"verified {len(sources)} files in {time.perf_counter() - start:.2f} s")
+    return arrays
+
+
+# --- decoded-array cache ------------------------------------------------------
+
+
+def _fingerprint(sources: dict[str, Path]) -> Fingerprint:
+    """What the cached arrays were decoded from; any change invalidates them.
+
+    The expected hash is included so that changing :data:`SHA256` invalidates
+    the cache too.
+    """
+    result = {}
+    for name, path in sources.items():
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise DataError(f"{path}: could not read the file ({exc}). {_REPLACE_HINT}") from None
+        result[name] = {
+            "path": str(path.resolve()),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": SHA256[name],
+        }
+    return result
+
+
+def _load_array_cache(fingerprint: Fingerprint, log: Log) -> dict[str, np.ndarray] | None:
+    """Memory-map the cached arrays, or return None if the cache is stale or unusable."""
+    cache_dir = _user_cache_dir() / ARRAY_CACHE_SUBDIR
+    try:
+        manifest = json.loads((cache_dir / MANIFEST_NAME).read_text())
+        if manifest["sources"] != fingerprint:
+            log("array cache is for other source files; re-verifying")
+            return None
+        arrays = {}
+        for name in FILE_NAMES:
+            array = np.load(cache_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            if array.dtype != np.uint8 or list(array.shape) != manifest["shapes"][name]:
+                log(f"cached {name}.npy has an unexpected shape or dtype; re-verifying")
+                return None
+            arrays[name] = np.asarray(array)  # plain ndarray view, not np.memmap
+    except FileNotFoundError:
+        log(f"no array cache in {cache_dir}")
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged cache: rebuild it
+        log(f"array cache in {cache_dir} is unusable ({exc}); re-verifying")
+        return None
+    log(f"loaded arrays from cache {cache_dir}")
+    return arrays
+
+
+def _write_array_cache(fingerprint: Fingerprint, arrays: dict[str, np.ndarray], log: Log) -> None:
+    """Best effort: an unwritable or full cache only costs speed next time."""
+    cache_dir = _user_cache_dir() / ARRAY_CACHE_SUBDIR
+    manifest = {
+        "sources": fingerprint,
+        "shapes": {name: list(array.shape) for name, array in arrays.items()},
+    }
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Invalidate first, publish last: the manifest only ever describes
+        # a complete set of .npy files.
+        (cache_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        for name, array in arrays.items():
+            _atomic_write(
+                cache_dir / f"{name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False)
+            )
+        _atomic_write(
+            cache_dir / MANIFEST_NAME, lambda f: f.write(json.dumps(manifest, indent=1).encode())
+        )
+    except OSError as exc:
+        warnings.warn(
+            f"nnscratch: could not write the Fashion-MNIST array cache in {cache_dir} "
+            f"({exc}); continuing without it, so the next load re-verifies the files.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    log(f"wrote array cache to {cache_dir}")
