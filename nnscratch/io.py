@@ -66,6 +66,12 @@ def sha256_of(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 # ---- writing -----------------------------------------------------------------------
 def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      meta: dict[str, Any]) -> None:
@@ -79,6 +85,7 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         # Writing through an open handle stops NumPy from appending ".npz".
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **entries)

@@ -38,6 +38,7 @@ class Trainer:
     ``stop_requested`` (set e.g. from a signal handler) makes ``run`` raise
     ``TrainingInterrupted`` after the current step; ``on_epoch_end(trainer)``
     runs after each finished epoch (the CLI writes checkpoints there).
+    ``augment(batch, rng)``, if given, transforms each training batch.
     """
 
     def __init__(self, model: Sequential, x: np.ndarray, y: np.ndarray, *,
@@ -46,6 +47,7 @@ class Trainer:
                  seed: int | np.random.Generator | None = None,
                  lr_schedule: str | Callable[[int], float] = "constant",
                  warmup_epochs: float = 0.0, restore_best: bool = False, verbose: int = 1,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  stream: TextIO | None = None,
                  on_epoch_end: Callable[[Trainer], None] | None = None) -> None:
         self.model = model
@@ -69,6 +71,7 @@ class Trainer:
         self.schedule = self._make_schedule(lr_schedule, warmup_epochs)
         self.progress = Progress(self.epochs, self.steps_per_epoch, verbose, stream)
         self.on_epoch_end = on_epoch_end
+        self.augment = augment
         self.stop_requested = False
         # Everything below is the resumable state (see state_dict).
         self.epoch = 0          # index of the epoch in progress
@@ -102,7 +105,10 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------
     def _step(self, idx: np.ndarray) -> float:
         model, n = self.model, len(idx)
-        logits = model._forward(model._as_batch(self.x, idx))
+        xb = model._as_batch(self.x, idx)
+        if self.augment is not None:
+            xb = self.augment(xb, model.rng)
+        logits = model._forward(xb)
         yb = self._yb[:n]
         np.take(self.y, idx, out=yb)
         loss = model.loss.forward(logits, yb)
@@ -140,6 +146,8 @@ class Trainer:
             self._finish_epoch()
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self)
+            if self.stop_requested:  # a signal during validation: stop at the boundary
+                raise TrainingInterrupted
         if self.restore_best and self.best is not None:
             model.load_state_dict(self.best["weights"])
         return self.history

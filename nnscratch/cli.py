@@ -1,0 +1,406 @@
+"""The ``nnscratch`` command: train, evaluate, predict.
+
+    nnscratch train [--epochs N] [--hidden 512 256] [--out DIR] ...
+    nnscratch train --resume DIR
+    nnscratch evaluate DIR/model.npz
+    nnscratch predict DIR/model.npz shirt.jpg boot.png --json
+
+Exit status: 0 success, 1 a run-time failure (bad data, divergence, an image
+that could not be read), 2 a usage error (argparse style, nothing written),
+130 interrupted (a checkpoint was saved; the message says how to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .augment import RandomShiftFlip
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
+from .images import ImageError, load_image
+from .io import ModelFileError, load, save
+from .layers import Dense, Dropout, Flatten, ReLU
+from .model import Sequential
+from .optim import Adam
+from .training import Trainer, TrainingDiverged, TrainingInterrupted
+
+# The default recipe (chosen on the validation split; see README "Results").
+DEFAULTS: dict[str, Any] = {
+    "epochs": 20, "batch_size": 128, "hidden": [512, 256], "dropout": 0.2, "lr": 1e-3,
+    "weight_decay": 0.0, "schedule": "cosine", "warmup_epochs": 1.0, "seed": 0,
+    "val_size": 5000, "augment": False, "max_shift": 2, "flip": 0.5,
+}
+TRAINING_OPTIONS = tuple(k for k in DEFAULTS)
+
+
+class CLIError(Exception):
+    """A failure to report in one line (exit status 1)."""
+
+
+# ---- argument types: argparse turns their ValueErrors into "invalid ... value" ----
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and np.isfinite(value)):
+        raise ValueError
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and np.isfinite(value)):
+        raise ValueError
+    return value
+
+
+def drop_probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ValueError
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError
+    return value
+
+
+for _f, _name in ((positive_int, "positive integer"), (non_negative_int, "integer >= 0"),
+                  (positive_float, "positive number"), (non_negative_float, "number >= 0"),
+                  (drop_probability, "probability in [0, 1)"), (probability, "probability in [0, 1]")):
+    _f.__name__ = _name  # argparse names the type in its error message
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnscratch", description="Train, evaluate and use Fashion-MNIST classifiers "
+        "built with nnscratch.")
+    parser.add_argument("--version", action="version", version=f"nnscratch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a classifier and write model, metrics and plots",
+                       description="Train an MLP on Fashion-MNIST. Holds out a seeded validation "
+                       "split of the 60k training images, reports the test set once at the end, "
+                       "and writes model.npz, metrics.json, checkpoint.npz and three PNG plots "
+                       "into --out. Defaults are the README's default recipe.")
+    t.add_argument("--epochs", type=positive_int, help=f"epochs to train (default {DEFAULTS['epochs']})")
+    t.add_argument("--batch-size", type=positive_int, help=f"mini-batch size (default {DEFAULTS['batch_size']})")
+    t.add_argument("--hidden", type=positive_int, nargs="+", metavar="UNITS",
+                   help="hidden layer sizes (default: %s)" % " ".join(map(str, DEFAULTS["hidden"])))
+    t.add_argument("--dropout", type=drop_probability, help=f"dropout after each hidden layer (default {DEFAULTS['dropout']})")
+    t.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
+    t.add_argument("--weight-decay", type=non_negative_float, help="AdamW decoupled weight decay (default 0)")
+    t.add_argument("--schedule", choices=("constant", "cosine"), help=f"learning-rate schedule (default {DEFAULTS['schedule']})")
+    t.add_argument("--warmup-epochs", type=non_negative_float, help=f"linear warm-up for cosine (default {DEFAULTS['warmup_epochs']})")
+    t.add_argument("--augment", action="store_true", default=None, help="random shifts and horizontal flips of training images")
+    t.add_argument("--max-shift", type=non_negative_int, help=f"largest shift in pixels with --augment (default {DEFAULTS['max_shift']})")
+    t.add_argument("--flip", type=probability, help=f"flip probability with --augment (default {DEFAULTS['flip']})")
+    t.add_argument("--val-size", type=positive_int, help=f"validation images held out of the 60k (default {DEFAULTS['val_size']})")
+    t.add_argument("--seed", type=non_negative_int, help="seed of the one generator: split, init, shuffling, dropout (default 0)")
+    t.add_argument("--out", type=Path, help="output directory (default: a new runs/<timestamp>/)")
+    t.add_argument("--data-dir", type=Path, help="directory with the four Fashion-MNIST files (default: search, see README)")
+    t.add_argument("--resume", type=Path, metavar="DIR_OR_CHECKPOINT",
+                   help="continue an interrupted run from its directory or checkpoint.npz")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    e = sub.add_parser("evaluate", help="test accuracy, loss and per-class report of a model file",
+                       description="Evaluate a model file on the Fashion-MNIST test set.")
+    e.add_argument("model", type=Path, help="a model.npz written by nnscratch")
+    e.add_argument("--data-dir", type=Path, help="directory with the Fashion-MNIST files")
+    e.add_argument("--confusion-matrix", type=Path, metavar="PNG", help="also write the confusion matrix here")
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...)",
+                       description="Classify images of any size: each is converted to a 28x28 "
+                       "grayscale image with a light item on a dark background, like Fashion-MNIST.")
+    p.add_argument("model", type=Path, help="a model.npz written by nnscratch")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                   help="invert polarity: auto inverts images whose border is light (default auto)")
+    p.add_argument("--top", type=positive_int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args, parser)
+        if args.command == "evaluate":
+            return cmd_evaluate(args, parser)
+        return cmd_predict(args, parser)
+    except (CLIError, DataError, ModelFileError) as exc:
+        print(f"nnscratch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# ---- train ---------------------------------------------------------------------------
+def _check_file(parser: argparse.ArgumentParser, path: Path, what: str) -> None:
+    if not path.exists():
+        parser.error(f"{what} {path}: no such file")
+    if path.is_dir():
+        parser.error(f"{what} {path}: is a directory, expected a file")
+
+
+def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
+                    ) -> tuple[dict[str, Any], Path, Path | None]:
+    """The run's configuration, its output directory and, when resuming, the checkpoint."""
+    given = {k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k) is not None}
+    if args.resume is not None:
+        if given:
+            parser.error("--resume continues a run with its saved options; do not also give "
+                         + ", ".join("--" + k.replace("_", "-") for k in given))
+        ckpt = args.resume / "checkpoint.npz" if args.resume.is_dir() else args.resume
+        if not ckpt.exists():
+            parser.error(f"--resume {args.resume}: no checkpoint.npz there")
+        out = args.out if args.out is not None else ckpt.parent
+        return {}, out, ckpt
+    config = dict(DEFAULTS, **given)
+    if config["val_size"] >= 60000:
+        parser.error("--val-size must leave training images: use fewer than 60000")
+    out = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
+        parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
+                     "or choose another --out")
+    return config, out, None
+
+
+def build_mlp(hidden: list[int], dropout: float, rng: np.random.Generator) -> Sequential:
+    """Flatten -> [Dense -> ReLU -> Dropout] per hidden size -> Dense(10)."""
+    layers: list[Any] = [Flatten()]
+    width = 28 * 28
+    for units in hidden:
+        layers += [Dense(width, units), ReLU()] + ([Dropout(dropout)] if dropout > 0 else [])
+        width = units
+    layers.append(Dense(width, len(CLASS_NAMES)))
+    return Sequential(*layers, seed=rng)
+
+
+def split_train_val(x: np.ndarray, y: np.ndarray, val_size: int, rng: np.random.Generator):
+    """A seeded split of the training set into (train, validation); uint8 stays uint8."""
+    perm = rng.permutation(len(x))
+    val, train = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    return (x[train], y[train]), (x[val], y[val])
+
+
+class _StopOnSignal:
+    """While active, SIGINT/SIGTERM ask the trainer to stop after the current step
+    (a second signal stops at once, without a checkpoint of that step)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.trainer.stop_requested:
+            raise KeyboardInterrupt
+        self.trainer.stop_requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
+              "checkpoint (again to stop at once)...", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    config, out, ckpt = _resolve_config(args, parser)
+    meta = None
+    if ckpt is not None:
+        config, meta = load_checkpoint(ckpt)
+        missing = [k for k in TRAINING_OPTIONS if k not in config]
+        if missing:
+            raise CLIError(f"{ckpt}: checkpoint configuration lacks {', '.join(missing)}")
+    started = time.perf_counter()
+    (x_full, y_full), (x_test, y_test) = load_fashion_mnist(args.data_dir)
+    rng = np.random.default_rng(config["seed"])
+    (x_train, y_train), (x_val, y_val) = split_train_val(x_full, y_full, config["val_size"], rng)
+    model = build_mlp(config["hidden"], config["dropout"], rng)
+    optimizer = Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.npz"
+
+    def on_epoch_end(trainer: Trainer) -> None:
+        save_checkpoint(checkpoint_path, trainer, config)
+
+    trainer = Trainer(model, x_train, y_train, optimizer=optimizer, epochs=config["epochs"],
+                      batch_size=config["batch_size"], validation_data=(x_val, y_val),
+                      lr_schedule=config["schedule"], warmup_epochs=config["warmup_epochs"],
+                      restore_best=True, verbose=0 if args.quiet else 1,
+                      augment=RandomShiftFlip(config["max_shift"], config["flip"])
+                      if config["augment"] else None, on_epoch_end=on_epoch_end)
+    if meta is not None:
+        try:
+            trainer.load_state_dict(meta["trainer_state"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CLIError(f"{ckpt}: does not fit this run ({exc})") from None
+        where = (f"epoch {trainer.epoch + 1}, step {trainer.batch + 1}"
+                 if trainer.epoch < trainer.epochs else "the end of training")
+        print(f"Resuming {ckpt} at {where}", flush=True)
+    else:
+        print(f"Training {' -> '.join(str(n) for n in [784, *config['hidden'], 10])} MLP on "
+              f"{len(x_train)} images ({len(x_val)} held out for validation); writing to {out}",
+              flush=True)
+    first_step = time.perf_counter() - started
+    try:
+        with _StopOnSignal(trainer):
+            history = trainer.run()
+    except TrainingInterrupted:
+        save_checkpoint(checkpoint_path, trainer, config)
+        print(f"Interrupted after {trainer.epoch} full epochs and {trainer.batch} steps; "
+              f"checkpoint saved "
+              f"to {checkpoint_path}.\nResume with: nnscratch train --resume {out}",
+              file=sys.stderr)
+        return 130
+    except TrainingDiverged as exc:
+        kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
+        raise CLIError(f"training diverged: {exc}{kept}") from None
+    train_seconds = time.perf_counter() - started - first_step
+    _finish_run(model, config, history, trainer, out, (x_train, y_train), (x_val, y_val),
+                (x_test, y_test), train_seconds)
+    return 0
+
+
+def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],
+                trainer: Trainer, out: Path, train: tuple, val: tuple, test: tuple,
+                train_seconds: float) -> None:
+    from . import plots
+    from .metrics import classification_report, confusion_matrix, format_report
+    import numba
+
+    results = {name: model.evaluate(*data) for name, data in
+               (("train", train), ("validation", val), ("test", test))}
+    probs = model.predict(test[0])
+    pred = probs.argmax(axis=1)
+    cm = confusion_matrix(test[1], pred, len(CLASS_NAMES))
+    report = classification_report(test[1], pred, list(CLASS_NAMES))
+    save(model, out / "model.npz", class_names=list(CLASS_NAMES))
+    metrics = {
+        "test": results["test"], "train": results["train"], "validation": results["validation"],
+        "best_epoch": trainer.best["epoch"] if trainer.best else None,
+        "epochs": config["epochs"], "per_class": report, "confusion_matrix": cm.tolist(),
+        "class_names": list(CLASS_NAMES), "history": history,
+        "timings": {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"]},
+        "config": config,
+        "versions": {"nnscratch": __version__, "python": platform.python_version(),
+                     "numpy": np.__version__, "numba": numba.__version__},
+        "machine": {"processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+    }
+    _write_json(out / "metrics.json", metrics)
+    plots.plot_confusion_matrix(cm, list(CLASS_NAMES), out / "confusion_matrix.png",
+                                title=f"Fashion-MNIST test set: accuracy {results['test']['accuracy']:.2%}")
+    plots.plot_training_curves(history, out / "training_curves.png")
+    plots.plot_misclassified(test[0], test[1], pred, list(CLASS_NAMES), out / "misclassified.png",
+                             probs=probs.max(axis=1))
+    print(format_report(report))
+    print(f"test accuracy {results['test']['accuracy']:.4f}, loss {results['test']['loss']:.4f} "
+          f"(train {results['train']['accuracy']:.4f}, validation "
+          f"{results['validation']['accuracy']:.4f}, best epoch {metrics['best_epoch']}); "
+          f"trained in {train_seconds:.1f} s")
+    for name in ("model.npz", "metrics.json", "confusion_matrix.png", "training_curves.png",
+                 "misclassified.png"):
+        print(f"wrote {out / name}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- evaluate ------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .metrics import classification_report, confusion_matrix, format_report
+
+    _check_file(parser, args.model, "model")
+    model = load(args.model)
+    _, (x_test, y_test) = load_fashion_mnist(args.data_dir)
+    if model.in_features != 784 or model.num_classes != len(CLASS_NAMES):
+        raise CLIError(f"{args.model}: the model takes {model.in_features} inputs and gives "
+                       f"{model.num_classes} classes; Fashion-MNIST needs 784 and 10")
+    result = model.evaluate(x_test, y_test)
+    pred = model.predict(x_test).argmax(axis=1)
+    cm = confusion_matrix(y_test, pred, len(CLASS_NAMES))
+    report = classification_report(y_test, pred, list(CLASS_NAMES))
+    if args.confusion_matrix is not None:
+        from . import plots
+        plots.plot_confusion_matrix(cm, list(CLASS_NAMES), args.confusion_matrix,
+                                    title=f"{args.model}: test accuracy {result['accuracy']:.2%}")
+    if args.json:
+        print(json.dumps({"model": str(args.model), **result, "per_class": report,
+                          "confusion_matrix": cm.tolist()}, indent=2))
+    else:
+        print(format_report(report))
+        print(f"test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
+              f"({len(y_test)} images)")
+        if args.confusion_matrix is not None:
+            print(f"wrote {args.confusion_matrix}")
+    return 0
+
+
+# ---- predict -------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_file(parser, args.model, "model")
+    model = load(args.model)
+    if model.in_features != 784:
+        raise CLIError(f"{args.model}: the model takes {model.in_features} inputs, not 28x28 images")
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            image = load_image(path, args.invert)
+        except ImageError as exc:
+            failed += 1
+            results.append({"file": str(path), "error": str(exc)})
+            if not args.json:
+                print(f"nnscratch predict: error: {exc}", file=sys.stderr)
+            continue
+        probs = model.predict(image[None])[0]
+        top = np.argsort(probs)[::-1][:args.top]
+        results.append({"file": str(path), "predictions": [
+            {"class": names[k], "index": int(k), "probability": float(probs[k])} for k in top]})
+        if not args.json:
+            print(f"{path}: " + ", ".join(f"{names[k]} {probs[k]:.3f}" for k in top))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Turning a user's picture into a Fashion-MNIST-like 28x28 uint8 image.
+
+Fashion-MNIST shows a light item centred on a black background, with its
+longer side filling the 28 pixels. Photos are usually the opposite: a dark
+item on a light background, of any size. So: read as grayscale (transparent
+pixels count as white), fix the polarity, crop to the item, scale the longer
+side to 28 pixels and centre it. A picture that is already 28x28 is only
+polarity-corrected (it is taken to be in Fashion-MNIST's framing).
+
+Pillow does the decoding (it is a dependency of matplotlib, so it is always
+installed with nnscratch).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SIDE = 28
+
+
+class ImageError(ValueError):
+    """A file that cannot be read as an image."""
+
+
+def read_grayscale(path: str | os.PathLike) -> np.ndarray:
+    """Pixels of an image file as float64 in [0, 1] (0 = black), shape (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, rgba)
+            gray = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
+        raise ImageError(f"{path}: unreadable image ({exc})") from None
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise ImageError(f"{path}: empty image")
+    return gray
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+
+
+def to_fashion_mnist(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
+    """A (28, 28) uint8 image in Fashion-MNIST's convention from grayscale pixels.
+
+    ``invert``: "yes", "no", or "auto" (invert when the border is brighter than
+    mid-gray, i.e. the background is light).
+    """
+    from PIL import Image
+
+    if invert not in ("auto", "yes", "no"):
+        raise ValueError(f"invert must be 'auto', 'yes' or 'no', got {invert!r}")
+    if invert == "yes" or (invert == "auto" and _border(gray).mean() > 0.5):
+        gray = 1.0 - gray
+    if gray.shape != (SIDE, SIDE):
+        # Crop to the item: pixels clearly brighter than the background.
+        background = float(np.median(_border(gray)))
+        rows, cols = np.nonzero(gray > background + 0.1)
+        if rows.size:
+            gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        gray = np.clip(gray - background, 0, None) / max(1 - background, 1e-6)
+        h, w = gray.shape
+        scale = SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = Image.fromarray((gray * 255).round().astype(np.uint8)).resize(size, Image.LANCZOS)
+        canvas = np.zeros((SIDE, SIDE), np.uint8)
+        top, left = (SIDE - size[1]) // 2, (SIDE - size[0]) // 2
+        canvas[top:top + size[1], left:left + size[0]] = np.asarray(img)
+        return canvas
+    return (np.clip(gray, 0, 1) * 255).round().astype(np.uint8)
+
+
+def load_image(path: str | os.PathLike, invert: str = "auto") -> np.ndarray:
+    """Read ``path`` and convert it for the model: (28, 28) uint8."""
+    return to_fashion_mnist(read_grayscale(path), invert)
