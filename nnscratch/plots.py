@@ -137,10 +137,12 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str], path: str |
     count_texts = [[f"{v:.0f}" if integral else f"{v:.3g}" for v in row] for row in counts]
     percent_texts = [["–" if np.isnan(v) else f"{v:.1f}" for v in row] for row in percent]
 
-    # Cells shrink as classes are added; so does the text in them.
+    # Cells shrink as classes are added; so does the text in them. A panel is
+    # about 430 pt wide and a digit about 0.6 em, so the longest text fits its
+    # cell when fontsize <= 645 / (n * longest).
     longest = max(len(t) for row in count_texts + percent_texts for t in row)
-    fontsize = max(4.0, min(10.0, 100.0 / n) * min(1.0, 4.0 / longest))
-    tick_fontsize = max(5.0, min(10.0, 110.0 / n))
+    fontsize = max(4.0, min(14.0, 100.0 / n, 645.0 / (n * longest)))
+    tick_fontsize = max(5.0, min(11.0, 110.0 / n))
 
     fig = _new_figure(16, 7.2)
     left, right = fig.subplots(1, 2)
@@ -200,14 +202,18 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
         ax.set_xlabel("Epoch")
         ax.set_ylabel(name.lower())
         ax.grid(True, alpha=0.35)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if epochs == 0:
             ax.text(0.5, 0.5, "no completed epochs yet", transform=ax.transAxes,
                     ha="center", va="center", fontsize=12, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
             continue
         ax.plot(x, train, marker=marker, markersize=4, label="train", color="tab:blue")
         if val is not None:
             ax.plot(x, val, marker=marker, markersize=4, label="validation", color="tab:orange")
+        pad = max(0.5, 0.03 * epochs)  # whole markers at both ends, sane ticks for 1 epoch
+        ax.set_xlim(1 - pad, epochs + pad)
         ax.legend(loc="best")
     accuracies = [a for a in (series["accuracy"], series["val_accuracy"]) if a is not None]
     if epochs and all(np.nanmax(np.abs(a), initial=0.0) <= 1.0 for a in accuracies):
