@@ -1,7 +1,9 @@
 """nnscratch: a small, fast, readable neural-network framework in NumPy."""
 
+from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
 from .gradcheck import GradcheckResult, gradcheck
 from .layers import Dense, Dropout, Flatten, Layer, ReLU
+from .io import ModelFileError, load, save
 from .losses import SoftmaxCrossEntropy, softmax
 from .model import Sequential
 from .optim import Adam, Parameter
@@ -10,6 +12,7 @@ from .training import Trainer, TrainingDiverged, TrainingInterrupted
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLASS_NAMES", "DataError", "ModelFileError", "load", "load_fashion_mnist", "save",
     "Adam", "Dense", "GradcheckResult", "gradcheck", "Dropout", "Flatten", "Layer", "Parameter", "ReLU", "Sequential",
     "SoftmaxCrossEntropy", "Trainer", "TrainingDiverged", "TrainingInterrupted", "softmax",
 ]

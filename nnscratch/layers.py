@@ -208,9 +208,8 @@ class Dropout(Layer):
             return x
         x = np.ascontiguousarray(x)
         mask = self._buffer("mask", x.shape, x.dtype)
-        kernels.dropout_mask(int(self.rng.integers(0, 2**63)), self.p, mask)
         y = self._buffer("y", x.shape, x.dtype)
-        kernels.multiply(x, mask, y)
+        kernels.dropout_forward(x, int(self.rng.integers(0, 2**63)), self.p, mask, y)
         self._mask = mask
         return y
 

@@ -13,7 +13,7 @@ from . import reference
 from .reference import FLUSH_BELOW
 
 KERNEL_NAMES = (
-    "add_bias", "relu_forward", "relu_backward", "dropout_mask", "multiply",
+    "add_bias", "relu_forward", "relu_backward", "dropout_forward", "multiply",
     "softmax_cross_entropy", "adam_update", "gather_scale",
 )
 
@@ -30,7 +30,7 @@ else:
 add_bias = _impl.add_bias
 relu_forward = _impl.relu_forward
 relu_backward = _impl.relu_backward
-dropout_mask = _impl.dropout_mask
+dropout_forward = _impl.dropout_forward
 multiply = _impl.multiply
 softmax_cross_entropy = _impl.softmax_cross_entropy
 adam_update = _impl.adam_update

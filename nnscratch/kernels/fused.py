@@ -48,21 +48,25 @@ def relu_backward(dy, y, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _dropout_mask(key, threshold, scale, mask):
+def _dropout_forward(x, key, threshold, scale, mask, out):
+    xf = x.reshape(-1)
     mf = mask.reshape(-1)
-    z0 = np.uint64(key)
+    of = out.reshape(-1)
+    zero = scale - scale
     for i in range(mf.size):
-        z = z0 + np.uint64(i + 1) * _GOLDEN
+        z = key + np.uint64(i + 1) * _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z = z ^ (z >> np.uint64(31))
-        mf[i] = scale if (z >> np.uint64(40)) >= threshold else 0
+        m = scale if (z >> np.uint64(40)) >= threshold else zero
+        mf[i] = m
+        of[i] = xf[i] * m
 
 
-def dropout_mask(key: int, p: float, mask: np.ndarray) -> None:
-    # The threshold and scale are computed once in Python exactly as the twin does.
-    _dropout_mask(np.uint64(key), np.uint64(round(p * 2**24)),
-                  mask.dtype.type(1.0 / (1.0 - p)), mask)
+def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np.ndarray) -> None:
+    # Threshold and scale are computed in Python exactly as the twin computes them.
+    _dropout_forward(x, np.uint64(key), np.uint64(round(p * 2**24)),
+                     mask.dtype.type(1.0 / (1.0 - p)), mask, out)
 
 
 @njit(cache=True, error_model="numpy")

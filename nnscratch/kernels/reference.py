@@ -40,11 +40,12 @@ def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     np.multiply(dy, y > 0, out=out)
 
 
-def dropout_mask(key: int, p: float, mask: np.ndarray) -> None:
-    """Fill ``mask`` with 0 (dropped, probability p) or 1/(1-p) (kept).
+def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np.ndarray) -> None:
+    """Draw the inverted-dropout mask and apply it: out = x * mask.
 
-    Element i is kept when the top 24 bits of hash(key, i) are >= p * 2**24,
-    so the keep probability is 1 - p up to 2**-24.
+    mask_i is 0 (dropped, probability p) or 1/(1-p) (kept). Element i is kept
+    when the top 24 bits of hash(key, i) are >= p * 2**24, so the keep
+    probability is 1 - p up to 2**-24.
     """
     i = np.arange(1, mask.size + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
@@ -55,10 +56,11 @@ def dropout_mask(key: int, p: float, mask: np.ndarray) -> None:
     keep = (z >> np.uint64(40)) >= np.uint64(round(p * 2**24))
     scale = mask.dtype.type(1.0 / (1.0 - p))
     np.multiply(keep.reshape(mask.shape), scale, out=mask)
+    np.multiply(x, mask, out=out)
 
 
 def multiply(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = a * b elementwise: dropout forward (x * mask) and backward (dy * mask)."""
+    """out = a * b elementwise (dropout backward: dy * mask)."""
     np.multiply(a, b, out=out)
 
 
