@@ -73,6 +73,9 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.augment = augment
         self.stop_requested = False
+        # A mean cross-entropy of 100 ln K means logits wrong by ~100 nats on
+        # average: no learning run gets there except by blowing up.
+        self.loss_limit = 100 * math.log(max(model.num_classes, 2))
         # Everything below is the resumable state (see state_dict).
         self.epoch = 0          # index of the epoch in progress
         self.batch = 0          # index of the next batch within it
@@ -133,8 +136,8 @@ class Trainer:
             while self.batch < self.steps_per_epoch:
                 idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
                 loss = self._step(idx)
-                if not math.isfinite(loss):
-                    self._diverged(f"the loss became {loss}")
+                if not math.isfinite(loss) or loss > self.loss_limit:
+                    self._diverged(f"the loss became {loss:.4g}")
                 self.loss_sum += loss * len(idx)
                 self.seen += len(idx)
                 self.batch += 1

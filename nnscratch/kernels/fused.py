@@ -115,9 +115,9 @@ def adam_update(param, grad, m, v, coef):
     for i in range(pf.size):
         g = gf[i]
         mi = mf[i] * beta1 + c1 * g
-        mi = mi if abs(mi) >= flush else zero
+        mi = zero if abs(mi) < flush else mi  # NaN passes through, as in the twin
         vi = vf[i] * beta2 + c2 * (g * g)
-        vi = vi if vi >= flush else zero
+        vi = zero if vi < flush else vi
         mf[i] = mi
         vf[i] = vi
         pf[i] = pf[i] * decay - step_size * (mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps))

@@ -37,7 +37,7 @@ def relu_forward(x: np.ndarray, out: np.ndarray) -> None:
 
 def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     """out = dy where the forward output y > 0, else 0 (the ReLU mask)."""
-    np.multiply(dy, y > 0, out=out)
+    out[...] = np.where(y > 0, dy, 0)
 
 
 def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np.ndarray) -> None:

@@ -1,0 +1,258 @@
+"""Float64 gradient checks through the public ``nnscratch.gradcheck``, and checks
+that gradcheck itself catches a wrong backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnscratch import (
+    Dense,
+    Dropout,
+    GradcheckResult,
+    ReLU,
+    Sequential,
+    SoftmaxCrossEntropy,
+    gradcheck,
+)
+
+TOL = 1e-6
+# (batch, in_features, out_features); batch size 1 included on purpose.
+LAYER_SHAPES = [(1, 1, 1), (1, 6, 4), (3, 5, 7), (8, 12, 3)]
+
+
+def _check_passed(result: GradcheckResult, expected_names: set[str]) -> None:
+    assert isinstance(result, GradcheckResult)
+    assert {c.name for c in result.checks} == expected_names
+    assert result.passed, result.report()
+    assert result.max_rel_error <= TOL, result.report()
+    for c in result.checks:
+        assert c.checked > 0, result.report()
+
+
+@pytest.mark.parametrize("n, fin, fout", LAYER_SHAPES)
+def test_dense_gradients_pass_gradcheck(n, fin, fout):
+    rng = np.random.default_rng(n * 31 + fin * 7 + fout)
+    layer = Dense(fin, fout, rng=rng, dtype=np.float64)
+    layer.params["bias"][...] = rng.standard_normal(fout)
+    x = rng.standard_normal((n, fin))
+    result = gradcheck(layer, x)
+    _check_passed(result, {"input", "weight", "bias"})
+    assert bool(result) is True
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (4, 6), (10, 13)])
+def test_relu_gradient_passes_gradcheck_away_from_zero(shape):
+    rng = np.random.default_rng(sum(shape))
+    # |x| in [0.1, 1]: no kink within h of any input.
+    x = rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
+    if x.size > 1:
+        x.reshape(-1)[0], x.reshape(-1)[1] = 0.5, -0.5  # both sides present
+    result = gradcheck(ReLU(), x)
+    _check_passed(result, {"input"})
+    assert result.checks[0].skipped_kinks == 0
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 8), (5, 6), (16, 4)])
+def test_dropout_gradient_passes_gradcheck_with_fixed_mask(shape, p):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape)
+    layer = Dropout(p, rng=3)
+    result = gradcheck(layer, x)
+    _check_passed(result, {"input"})
+
+
+@pytest.mark.parametrize("n, k", [(1, 2), (1, 10), (4, 10), (16, 5)])
+def test_softmax_cross_entropy_gradient_passes_gradcheck(n, k):
+    rng = np.random.default_rng(n * 10 + k)
+    logits = rng.standard_normal((n, k)) * 0.5  # no tiny probabilities (see the end of the file)
+    y = rng.integers(0, k, n)
+    result = gradcheck(SoftmaxCrossEntropy(), logits, labels=y)
+    _check_passed(result, {"input"})
+
+
+# (batch, in, hidden1, hidden2, classes, seed). The seed fixes weights, inputs and
+# dropout masks. Inputs are kept away from 0, biases are positive (no unit sits
+# exactly on a ReLU kink) and the last layer is scaled down so no class
+# probability is tiny: gradcheck's purely relative error cannot resolve gradient
+# entries much below ~1e-4 at h = 1e-6 (see the two tests at the end of this file).
+NET_SHAPES = [
+    (1, 6, 16, 12, 10, 0),
+    (1, 4, 8, 8, 2, 1),
+    (2, 5, 7, 4, 3, 2),
+    (5, 8, 10, 6, 10, 8),
+    (16, 12, 9, 9, 4, 4),
+]
+
+
+def _conditioned_network(n, fin, h1, h2, k, seed, last=Dense):
+    rng = np.random.default_rng(seed)
+    model = Sequential(
+        Dense(fin, h1), ReLU(), Dropout(0.25),
+        Dense(h1, h2), ReLU(), Dropout(0.1),
+        last(h2, k),
+        seed=seed, dtype="float64",
+    )
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            layer.params["bias"][...] = rng.uniform(0.1, 0.3, layer.out_features)
+    model.layers[-1].params["weight"] *= 0.5
+    x = rng.uniform(0.5, 1.5, (n, fin)) * rng.choice([-1.0, 1.0], (n, fin))
+    y = rng.integers(0, k, n)
+    return model, x, y
+
+
+@pytest.mark.parametrize("n, fin, h1, h2, k, seed", NET_SHAPES)
+def test_three_dense_network_with_relu_and_dropout_passes_gradcheck(n, fin, h1, h2, k, seed):
+    model, x, y = _conditioned_network(n, fin, h1, h2, k, seed)
+    assert any(isinstance(layer, Dropout) and layer.training for layer in model.layers)
+    result = gradcheck(model, x, labels=y)
+    names = {"input"} | {p.name for p in model.parameters()}
+    _check_passed(result, names)
+    # Not vacuous: the gradient reaches every Dense layer.
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            assert np.any(layer.grads["weight"] != 0)
+
+
+def test_gradcheck_of_model_leaves_parameters_unchanged():
+    model = Sequential(Dense(4, 5), ReLU(), Dense(5, 3), seed=0, dtype="float64")
+    before = model.state_dict()
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    gradcheck(model, x, labels=np.array([0, 1, 2]))
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+# ---- gradcheck catches mistakes ---------------------------------------------------
+
+class DenseScaledWeightGrad(Dense):
+    """dL/dW off by 1%."""
+
+    def backward(self, dy, *, input_grad=True):
+        dx = super().backward(dy, input_grad=input_grad)
+        self.grads["weight"] *= 1.01
+        return dx
+
+
+class DenseWrongInputGrad(Dense):
+    """dL/dx computed with the wrong sign."""
+
+    def backward(self, dy, *, input_grad=True):
+        dx = super().backward(dy, input_grad=input_grad)
+        return None if dx is None else -dx
+
+
+class DenseTransposedBiasGrad(Dense):
+    """dL/db summed over the wrong axis pattern: reversed entries."""
+
+    def backward(self, dy, *, input_grad=True):
+        dx = super().backward(dy, input_grad=input_grad)
+        self.grads["bias"][...] = self.grads["bias"][::-1].copy()
+        return dx
+
+
+@pytest.mark.parametrize("cls, wrong", [
+    (DenseScaledWeightGrad, "weight"),
+    (DenseWrongInputGrad, "input"),
+    (DenseTransposedBiasGrad, "bias"),
+])
+def test_gradcheck_catches_a_wrong_dense_backward(cls, wrong):
+    rng = np.random.default_rng(0)
+    layer = cls(5, 4, rng=1, dtype=np.float64)
+    result = gradcheck(layer, rng.standard_normal((3, 5)))
+    assert result.passed is False
+    assert bool(result) is False
+    by_name = {c.name: c for c in result.checks}
+    assert by_name[wrong].passed is False
+    assert by_name[wrong].max_rel_error > TOL
+    for name, check in by_name.items():
+        if name != wrong:
+            assert check.passed, result.report()
+    assert "FAIL" in result.report()
+
+
+def test_gradcheck_catches_a_wrong_backward_inside_a_model():
+    good, x, y = _conditioned_network(4, 5, 6, 6, 3, seed=5)
+    assert gradcheck(good, x, labels=y).passed  # the control: same net, correct backward
+    bad, x_bad, y_bad = _conditioned_network(4, 5, 6, 6, 3, seed=5, last=DenseScaledWeightGrad)
+    assert np.array_equal(x_bad, x) and np.array_equal(y_bad, y)
+    assert all(np.array_equal(a, b) for a, b in zip(good.state_dict().values(),
+                                                    bad.state_dict().values()))
+    result = gradcheck(bad, x, labels=y)
+    assert result.passed is False
+    failed = {c.name for c in result.checks if not c.passed}
+    assert failed == {"layers.6.weight"}
+
+
+def test_gradcheck_raises_type_error_for_float32_layer():
+    layer = Dense(3, 2, rng=0)  # float32 by default
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(layer, np.ones((2, 3)))
+
+
+def test_gradcheck_raises_type_error_for_float32_model():
+    model = Sequential(Dense(3, 4), ReLU(), Dense(4, 2), seed=0)
+    with pytest.raises(TypeError, match=r"float64.*layers\.0\.weight|layers\.0\.weight.*float64"):
+        gradcheck(model, np.ones((2, 3)), labels=np.array([0, 1]))
+
+
+def test_gradcheck_of_model_or_loss_without_labels_raises():
+    model = Sequential(Dense(3, 2), seed=0, dtype="float64")
+    with pytest.raises(ValueError, match="labels"):
+        gradcheck(model, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="labels"):
+        gradcheck(SoftmaxCrossEntropy(), np.ones((2, 3)))
+
+
+def test_gradcheck_counts_relu_kinks_instead_of_failing():
+    x = np.array([[0.0, 0.5, -0.5, 1e-9]])
+    result = gradcheck(ReLU(), x)
+    check = result.checks[0]
+    assert check.skipped_kinks == 2
+    assert check.checked == 2
+    assert result.passed
+
+
+# ---- gradcheck must not reject an exact gradient ------------------------------------
+# Both tests below check an analytic gradient that is exact (verified here
+# independently), so a FAIL from gradcheck is a false alarm of the checker.
+
+def test_gradcheck_accepts_an_exact_gradient_with_small_entries():
+    # One class has probability ~2e-5, so its gradient entry is ~2e-5. The
+    # central difference of an O(1) loss at h = 1e-6 carries rounding noise of
+    # ~1e-10, i.e. a relative error ~5e-6 on that entry: the checker must allow
+    # for its own noise floor instead of reporting a correct backward as FAILED.
+    logits = np.array([[0.0, 0.3, -10.0, 1.0]])
+    labels = np.array([1])
+    loss_fn = SoftmaxCrossEntropy()
+    loss_fn.forward(logits, labels)
+    e = np.exp(logits - logits.max())
+    exact = e / e.sum()
+    exact[0, 1] -= 1.0
+    np.testing.assert_allclose(loss_fn.backward(), exact, rtol=1e-13, atol=1e-18)
+    result = gradcheck(SoftmaxCrossEntropy(), logits, labels=labels)
+    assert result.passed, result.report()
+
+
+def test_gradcheck_skips_or_passes_a_kink_hit_by_one_sample():
+    # Sample 0 switches the first hidden layer off entirely, so the second
+    # layer's pre-activations for that sample are exactly its (zero) biases:
+    # L is not differentiable in those biases. The documented contract is
+    # that such kinks are detected and skipped; an undetected kink must not be
+    # reported as a wrong gradient.
+    model = Sequential(Dense(2, 2), ReLU(), Dense(2, 2), ReLU(), Dense(2, 2), seed=0,
+                       dtype="float64")
+    d0, d1, d2 = (layer for layer in model.layers if isinstance(layer, Dense))
+    d0.params["weight"][...] = [[1.0, 0.5], [0.5, 1.0]]
+    d1.params["weight"][...] = [[1.0, -0.5], [0.3, 1.0]]
+    d1.params["bias"][...] = 0.0
+    d2.params["weight"][...] = [[1.0, -1.0], [-0.5, 0.8]]
+    d2.params["bias"][...] = [4.0, -4.0]
+    x = np.array([[-1.0, -2.0], [1.0, 0.5], [0.7, 1.2], [1.5, 0.2]])
+    y = np.array([0, 1, 0, 1])
+    assert np.all(d0.forward(x)[0] < 0)  # sample 0: every first-layer unit is off
+    result = gradcheck(model, x, labels=y)
+    check = {c.name: c for c in result.checks}["layers.2.bias"]
+    assert check.max_rel_error <= TOL or check.skipped_kinks == 2, result.report()

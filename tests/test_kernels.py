@@ -1,0 +1,291 @@
+"""The Numba kernels (``nnscratch.kernels.fused``) against their plain-NumPy twins
+(``nnscratch.kernels.reference``).
+
+Each twin writes into caller-provided arrays; we run both on copies of the same
+inputs and compare. Where the arithmetic is the same operation sequence the
+results must be bit-identical (``np.array_equal``); only the softmax
+cross-entropy, whose exp/log and summation order differ, is compared with a
+tight tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnscratch import kernels
+from nnscratch.kernels import FLUSH_BELOW, KERNEL_NAMES, fused, reference
+
+SHAPES = [(1, 1), (3, 7), (17, 33), (128, 257)]
+DTYPES = [np.float32, np.float64]
+
+
+def _rng(shape, dtype, salt=0):
+    # A distinct, reproducible stream per (shape, dtype, salt).
+    return np.random.default_rng([shape[0], shape[1], np.dtype(dtype).itemsize, salt])
+
+
+def _adam_coef(dtype, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
+    """coef as documented: [b1, 1-b1, b2, 1-b2, eps, 1-lr*wd, lr/(1-b1^t), 1/sqrt(1-b2^t), FLUSH]."""
+    b1, b2 = betas
+    return np.array([b1, 1 - b1, b2, 1 - b2, eps, 1 - lr * wd, lr / (1 - b1**t),
+                     1 / np.sqrt(1 - b2**t), FLUSH_BELOW], dtype=dtype)
+
+
+# ---- the kernel table -------------------------------------------------------------
+
+def test_every_kernel_name_has_a_fused_and_a_reference_twin():
+    assert len(KERNEL_NAMES) == len(set(KERNEL_NAMES)) == 8
+    for name in KERNEL_NAMES:
+        assert callable(getattr(reference, name)), name
+        assert callable(getattr(fused, name)), name
+        assert getattr(fused, name) is not getattr(reference, name), name
+
+
+def test_dispatch_table_binds_every_kernel_to_the_selected_backend():
+    impl = fused if kernels.BACKEND == "numba" else reference
+    assert kernels.BACKEND in ("numba", "numpy")
+    for name in KERNEL_NAMES:
+        assert getattr(kernels, name) is getattr(impl, name), name
+
+
+# ---- exact twins ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_add_bias_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype)
+    z = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    outs = {}
+    for mod in (reference, fused):
+        out = np.full(shape, np.nan, dtype)
+        mod.add_bias(z, b, out)
+        outs[mod.__name__] = out
+    assert np.array_equal(outs[reference.__name__], outs[fused.__name__])
+    assert np.array_equal(outs[fused.__name__], z + b)
+    assert outs[fused.__name__].dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_add_bias_in_place_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype, 1)
+    z = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    z_ref, z_fused = z.copy(), z.copy()
+    reference.add_bias(z_ref, b, z_ref)
+    fused.add_bias(z_fused, b, z_fused)
+    assert np.array_equal(z_ref, z_fused)
+    assert np.array_equal(z_fused, z + b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_forward_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype, 2)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::5] = 0  # exact zeros too
+    outs = []
+    for mod in (reference, fused):
+        out = np.full(shape, np.nan, dtype)
+        mod.relu_forward(x, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], np.where(x > 0, x, 0))
+    assert outs[1].dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_backward_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype, 3)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::4] = 0
+    y = np.maximum(x, 0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    outs = []
+    for mod in (reference, fused):
+        out = np.full(shape, np.nan, dtype)
+        mod.relu_backward(dy, y, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], np.where(y > 0, dy, 0))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dropout_forward_fused_equals_reference_exactly(shape, dtype, p):
+    x = _rng(shape, dtype, 4).standard_normal(shape).astype(dtype)
+    for key in (0, 12345, 2**63 - 1, int(_rng(shape, dtype, 4).integers(0, 2**63))):
+        results = []
+        for mod in (reference, fused):
+            mask = np.full(shape, np.nan, dtype)
+            out = np.full(shape, np.nan, dtype)
+            mod.dropout_forward(x, key, p, mask, out)
+            results.append((mask, out))
+        (mask0, out0), (mask1, out1) = results
+        assert np.array_equal(mask0, mask1), key
+        assert np.array_equal(out0, out1), key
+        # Every mask entry is 0 or exactly the dtype's 1/(1-p); out = x * mask.
+        keep = dtype(1.0 / (1.0 - p))
+        assert np.all((mask1 == 0) | (mask1 == keep))
+        assert np.array_equal(out1, x * mask1)
+        assert mask1.dtype == out1.dtype == dtype
+        if p == 0.0:
+            assert np.all(mask1 == 1) and np.array_equal(out1, x)
+
+
+def test_dropout_forward_mask_depends_on_the_key_only():
+    x = np.ones((64, 64))
+    for mod in (reference, fused):
+        masks = []
+        for key in (1, 2, 1):
+            mask, out = np.empty((64, 64)), np.empty((64, 64))
+            mod.dropout_forward(x * key, key, 0.5, mask, out)
+            masks.append(mask)
+        assert not np.array_equal(masks[0], masks[1])
+        assert np.array_equal(masks[0], masks[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_multiply_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype, 5)
+    a = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    outs = []
+    for mod in (reference, fused):
+        out = np.full(shape, np.nan, dtype)
+        mod.multiply(a, b, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], a * b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_adam_update_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype, 6)
+    param = rng.standard_normal(shape).astype(dtype)
+    m = (rng.standard_normal(shape) * 0.1).astype(dtype)
+    v = (rng.random(shape) * 0.01).astype(dtype)
+    # Some moments sitting right at the flush threshold.
+    m.reshape(-1)[::6] = np.float32(FLUSH_BELOW) * 1.0001
+    v.reshape(-1)[::7] = np.float32(FLUSH_BELOW) * 1.0001
+    state = {mod: [param.copy(), m.copy(), v.copy()] for mod in (reference, fused)}
+    for t in range(1, 4):
+        grad = rng.standard_normal(shape).astype(dtype)
+        grad.reshape(-1)[::3] = 0
+        coef = _adam_coef(dtype, t, lr=1e-2, wd=0.05)
+        for mod, (p, mm, vv) in state.items():
+            mod.adam_update(p, grad, mm, vv, coef)
+    (p0, m0, v0), (p1, m1, v1) = state[reference], state[fused]
+    assert np.array_equal(p0, p1)
+    assert np.array_equal(m0, m1)
+    assert np.array_equal(v0, v1)
+    assert p1.dtype == m1.dtype == v1.dtype == dtype
+    assert not np.array_equal(p1, param)  # it did update
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update_nan_gradient_gives_nan_in_both_backends(dtype):
+    # A NaN gradient must not vanish in one backend and poison the weights in
+    # the other: both twins have to produce the same (NaN) result.
+    grad = np.array([np.nan, 1.0, -2.0, np.nan], dtype)
+    coef = _adam_coef(dtype, 1, lr=1e-2)
+    results = []
+    for mod in (reference, fused):
+        p, m, v = np.ones(4, dtype), np.zeros(4, dtype), np.zeros(4, dtype)
+        with np.errstate(invalid="ignore"):
+            mod.adam_update(p, grad, m, v, coef)
+        results.append((p, m, v))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b, equal_nan=True), (a, b)
+    assert np.isnan(results[1][0][[0, 3]]).all()
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("src_dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gather_scale_fused_equals_reference_exactly(shape, src_dtype, out_dtype):
+    rng = _rng(shape, out_dtype, 7 + np.dtype(src_dtype).itemsize)
+    rows = shape[0] + 3
+    if src_dtype == np.uint8:
+        src = rng.integers(0, 256, (rows, shape[1])).astype(np.uint8)
+        scale = np.dtype(out_dtype).type(1 / 255)
+    else:
+        src = rng.standard_normal((rows, shape[1])).astype(src_dtype)
+        scale = np.dtype(out_dtype).type(1)
+    idx = rng.integers(0, rows, shape[0])  # with repeats, any order
+    outs = []
+    for mod in (reference, fused):
+        out = np.full(shape, np.nan, out_dtype)
+        mod.gather_scale(src, idx, scale, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    expected = (src[idx].astype(np.float64) * np.float64(scale)).astype(out_dtype)
+    np.testing.assert_allclose(outs[1], expected, rtol=np.finfo(out_dtype).eps, atol=0)
+    assert outs[1].dtype == out_dtype
+
+
+def test_gather_scale_uint8_with_scale_one_over_255_spans_zero_to_one():
+    src = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    idx = np.arange(16)
+    for mod in (reference, fused):
+        out = np.empty((16, 16), np.float32)
+        mod.gather_scale(src, idx, np.float32(1 / 255), out)
+        assert out.min() == 0.0 and abs(out.max() - 1.0) <= 1e-7
+
+
+# ---- softmax cross-entropy: close, not bit-equal ----------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_softmax_cross_entropy_fused_close_to_reference(shape, dtype):
+    rng = _rng(shape, dtype, 8)
+    n, k = shape
+    logits = (rng.standard_normal(shape) * 4).astype(dtype)
+    labels = rng.integers(0, k, n)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    eps = np.finfo(dtype).eps
+    results = []
+    for mod in (reference, fused):
+        d = np.full(shape, np.nan, dtype)
+        loss = mod.softmax_cross_entropy(logits, labels, d)
+        results.append((float(loss), d))
+    (l0, d0), (l1, d1) = results
+    assert l1 == pytest.approx(l0, rel=rtol, abs=10 * eps)
+    # dlogits is (p - onehot)/n: absolute error scaled by 1/n near cancellation.
+    np.testing.assert_allclose(d1, d0, rtol=rtol, atol=10 * eps / n)
+    assert d1.dtype == dtype
+
+
+@pytest.mark.parametrize("mod", [reference, fused], ids=["reference", "fused"])
+def test_kernels_keep_float32_outputs_float32_and_finite(mod):
+    rng = np.random.default_rng(9)
+    f32 = np.float32
+    x = rng.standard_normal((5, 11)).astype(f32)
+    out = np.empty_like(x)
+    mod.add_bias(x, x[0], out)
+    assert out.dtype == f32 and np.isfinite(out).all()
+    mod.relu_forward(x, out)
+    assert out.dtype == f32
+    mod.relu_backward(x, out, out)
+    assert out.dtype == f32
+    mask = np.empty_like(x)
+    mod.dropout_forward(x, 3, 0.3, mask, out)
+    assert out.dtype == mask.dtype == f32 and np.array_equal(out, x * mask)
+    mod.multiply(x, x, out)
+    assert out.dtype == f32 and np.array_equal(out, x * x)
+    logits = np.where(rng.random((5, 11)) < 0.5, f32(-1e4), f32(1e4)).astype(f32)
+    d = np.empty_like(logits)
+    loss = mod.softmax_cross_entropy(logits, rng.integers(0, 11, 5), d)
+    assert np.isfinite(loss) and d.dtype == f32 and np.isfinite(d).all()
+    p, g, m, v = x.copy(), x.copy(), np.zeros_like(x), np.zeros_like(x)
+    mod.adam_update(p, g, m, v, _adam_coef(f32, 1))
+    assert p.dtype == m.dtype == v.dtype == f32 and np.isfinite(p).all()
+    src = rng.integers(0, 256, (7, 11)).astype(np.uint8)
+    mod.gather_scale(src, np.arange(5), f32(1 / 255), out)
+    assert out.dtype == f32 and np.isfinite(out).all()
