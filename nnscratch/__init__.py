@@ -2,8 +2,8 @@
 
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
 from .gradcheck import GradcheckResult, gradcheck
-from .layers import Dense, Dropout, Flatten, Layer, ReLU
 from .io import ModelFileError, load, save
+from .layers import Dense, Dropout, Flatten, Layer, ReLU
 from .losses import SoftmaxCrossEntropy, softmax
 from .model import Sequential
 from .optim import Adam, Parameter
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLASS_NAMES", "DataError", "ModelFileError", "load", "load_fashion_mnist", "save",
-    "Adam", "Dense", "GradcheckResult", "gradcheck", "Dropout", "Flatten", "Layer", "Parameter", "ReLU", "Sequential",
-    "SoftmaxCrossEntropy", "Trainer", "TrainingDiverged", "TrainingInterrupted", "softmax",
+    "Adam", "Dense", "Dropout", "Flatten", "GradcheckResult", "Layer", "Parameter", "ReLU",
+    "Sequential", "SoftmaxCrossEntropy", "Trainer", "TrainingDiverged", "TrainingInterrupted",
+    "gradcheck", "softmax",
 ]

@@ -22,8 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from .io import (FLOAT_DTYPES, FORMAT_VERSION, ModelFileError, architecture_arrays,
-                 atomic_write_npz, read_npz, validate_architecture)
+from .io import (
+    FLOAT_DTYPES,
+    FORMAT_VERSION,
+    ModelFileError,
+    architecture_arrays,
+    atomic_write_npz,
+    read_npz,
+    validate_architecture,
+)
 from .training import Trainer
 
 CHECKPOINT_FORMAT = "nnscratch.checkpoint"

@@ -19,8 +19,9 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,22 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "split of the 60k training images, reports the test set once at the end, "
                        "and writes model.npz, metrics.json, checkpoint.npz and three PNG plots "
                        "into --out. Defaults are the README's default recipe.")
-    t.add_argument("--epochs", type=positive_int, help=f"epochs to train (default {DEFAULTS['epochs']})")
-    t.add_argument("--batch-size", type=positive_int, help=f"mini-batch size (default {DEFAULTS['batch_size']})")
-    t.add_argument("--hidden", type=positive_int, nargs="+", metavar="UNITS",
-                   help="hidden layer sizes (default: %s)" % " ".join(map(str, DEFAULTS["hidden"])))
-    t.add_argument("--dropout", type=drop_probability, help=f"dropout after each hidden layer (default {DEFAULTS['dropout']})")
-    t.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
-    t.add_argument("--weight-decay", type=non_negative_float, help="AdamW decoupled weight decay (default 0)")
-    t.add_argument("--schedule", choices=("constant", "cosine"), help=f"learning-rate schedule (default {DEFAULTS['schedule']})")
-    t.add_argument("--warmup-epochs", type=non_negative_float, help=f"linear warm-up for cosine (default {DEFAULTS['warmup_epochs']})")
-    t.add_argument("--augment", action="store_true", default=None, help="random shifts and horizontal flips of training images")
-    t.add_argument("--max-shift", type=non_negative_int, help=f"largest shift in pixels with --augment (default {DEFAULTS['max_shift']})")
-    t.add_argument("--flip", type=probability, help=f"flip probability with --augment (default {DEFAULTS['flip']})")
-    t.add_argument("--val-size", type=positive_int, help=f"validation images held out of the 60k (default {DEFAULTS['val_size']})")
-    t.add_argument("--seed", type=non_negative_int, help="seed of the one generator: split, init, shuffling, dropout (default 0)")
+    def option(name: str, kind: Any, text: str, **kw: Any) -> None:
+        key = name[2:].replace("-", "_")
+        default = " ".join(map(str, DEFAULTS[key])) if isinstance(DEFAULTS.get(key), list) \
+            else DEFAULTS.get(key)
+        t.add_argument(name, type=kind, help=f"{text} (default {default})", **kw)
+
+    option("--epochs", positive_int, "epochs to train")
+    option("--batch-size", positive_int, "mini-batch size")
+    option("--hidden", positive_int, "hidden layer sizes", nargs="+", metavar="UNITS")
+    option("--dropout", drop_probability, "dropout probability after each hidden layer")
+    option("--lr", positive_float, "Adam learning rate")
+    option("--weight-decay", non_negative_float, "AdamW decoupled weight decay")
+    option("--schedule", str, "learning-rate schedule", choices=("constant", "cosine"))
+    option("--warmup-epochs", non_negative_float, "linear warm-up of the cosine schedule")
+    t.add_argument("--augment", action="store_true", default=None,
+                   help="random shifts and horizontal flips of training images")
+    option("--max-shift", non_negative_int, "largest shift in pixels with --augment")
+    option("--flip", probability, "flip probability with --augment")
+    option("--val-size", positive_int, "validation images held out of the 60k")
+    option("--seed", non_negative_int, "seed of the one generator: split, init, shuffling, dropout")
     t.add_argument("--out", type=Path, help="output directory (default: a new runs/<timestamp>/)")
-    t.add_argument("--data-dir", type=Path, help="directory with the four Fashion-MNIST files (default: search, see README)")
+    t.add_argument("--data-dir", type=Path,
+                   help="directory with the four Fashion-MNIST files (default: search, see README)")
     t.add_argument("--resume", type=Path, metavar="DIR_OR_CHECKPOINT",
                    help="continue an interrupted run from its directory or checkpoint.npz")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -133,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a model file on the Fashion-MNIST test set.")
     e.add_argument("model", type=Path, help="a model.npz written by nnscratch")
     e.add_argument("--data-dir", type=Path, help="directory with the Fashion-MNIST files")
-    e.add_argument("--confusion-matrix", type=Path, metavar="PNG", help="also write the confusion matrix here")
+    e.add_argument("--confusion-matrix", type=Path, metavar="PNG",
+                   help="also write the confusion matrix here")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...)",
@@ -246,7 +255,6 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         missing = [k for k in TRAINING_OPTIONS if k not in config]
         if missing:
             raise CLIError(f"{ckpt}: checkpoint configuration lacks {', '.join(missing)}")
-    started = time.perf_counter()
     (x_full, y_full), (x_test, y_test) = load_fashion_mnist(args.data_dir)
     rng = np.random.default_rng(config["seed"])
     (x_train, y_train), (x_val, y_val) = split_train_val(x_full, y_full, config["val_size"], rng)
@@ -276,7 +284,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"Training {' -> '.join(str(n) for n in [784, *config['hidden'], 10])} MLP on "
               f"{len(x_train)} images ({len(x_val)} held out for validation); writing to {out}",
               flush=True)
-    first_step = time.perf_counter() - started
+    training_started = time.perf_counter()
     try:
         with _StopOnSignal(trainer):
             history = trainer.run()
@@ -290,7 +298,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except TrainingDiverged as exc:
         kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
         raise CLIError(f"training diverged: {exc}{kept}") from None
-    train_seconds = time.perf_counter() - started - first_step
+    train_seconds = time.perf_counter() - training_started
     _finish_run(model, config, history, trainer, out, (x_train, y_train), (x_val, y_val),
                 (x_test, y_test), train_seconds)
     return 0
@@ -299,9 +307,10 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],
                 trainer: Trainer, out: Path, train: tuple, val: tuple, test: tuple,
                 train_seconds: float) -> None:
+    import numba
+
     from . import plots
     from .metrics import classification_report, confusion_matrix, format_report
-    import numba
 
     results = {name: model.evaluate(*data) for name, data in
                (("train", train), ("validation", val), ("test", test))}
@@ -315,7 +324,8 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
         "best_epoch": trainer.best["epoch"] if trainer.best else None,
         "epochs": config["epochs"], "per_class": report, "confusion_matrix": cm.tolist(),
         "class_names": list(CLASS_NAMES), "history": history,
-        "timings": {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"]},
+        "timings": {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"],
+                    "first_batch_unix_time": trainer.first_step_done},
         "config": config,
         "versions": {"nnscratch": __version__, "python": platform.python_version(),
                      "numpy": np.__version__, "numba": numba.__version__},

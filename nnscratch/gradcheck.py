@@ -26,8 +26,9 @@ not counted as errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -93,8 +94,8 @@ def _generators(module: Layer | Sequential) -> list[np.random.Generator]:
     return list(found.values())
 
 
-def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *, labels: np.ndarray | None = None,
-              h: float = 1e-6, tol: float = 1e-6, tiny: float = 1e-7,
+def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *,
+              labels: np.ndarray | None = None, h: float = 1e-6, tol: float = 1e-6, tiny: float = 1e-7,
               max_entries: int = 64, seed: int = 0) -> GradcheckResult:
     """Check ``module``'s backward against central differences.
 
@@ -174,13 +175,12 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
     kinks = 0
     for i in entries:
         original = flat[i]
-
-        def at(offset: float) -> float:
+        values = []
+        for offset in (0, h, -h, h / 2, -h / 2):
             flat[i] = original + offset
-            return objective()
-
-        f0, f_plus, f_minus, f_half_plus, f_half_minus = at(0), at(h), at(-h), at(h / 2), at(-h / 2)
+            values.append(objective())
         flat[i] = original
+        f0, f_plus, f_minus, f_half_plus, f_half_minus = values
         # Rounding in float64 alone makes a difference quotient uncertain by
         # about eps |f| / h; errors below that say nothing about the gradient.
         noise = 16 * np.finfo(np.float64).eps * max(abs(f0), abs(f_plus), abs(f_minus), 1.0) / h
@@ -189,7 +189,8 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
         # Near a kink the estimate depends on the step: on a smooth function
         # the central differences at h and h/2 agree to O(h^2), and the gap
         # between the one-sided slopes halves with h; at a kink it does not.
-        gap, gap_half = (f_plus - 2 * f0 + f_minus) / h, (f_half_plus - 2 * f0 + f_half_minus) / (h / 2)
+        gap = (f_plus - 2 * f0 + f_minus) / h
+        gap_half = (f_half_plus - 2 * f0 + f_half_minus) / (h / 2)
         if abs(numeric - numeric_half) > max(0.1 * tol * (abs(numeric) + abs(numeric_half)), 2 * noise) \
                 or (abs(gap) > 8 * noise and abs(gap_half) > 0.75 * abs(gap)):
             kinks += 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -73,6 +74,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.augment = augment
         self.stop_requested = False
+        self.first_step_done: float | None = None  # time.time() after this process's first step
         # A mean cross-entropy of 100 ln K means logits wrong by ~100 nats on
         # average: no learning run gets there except by blowing up.
         self.loss_limit = 100 * math.log(max(model.num_classes, 2))
@@ -138,6 +140,8 @@ class Trainer:
                 loss = self._step(idx)
                 if not math.isfinite(loss) or loss > self.loss_limit:
                     self._diverged(f"the loss became {loss:.4g}")
+                if self.first_step_done is None:
+                    self.first_step_done = time.time()
                 self.loss_sum += loss * len(idx)
                 self.seen += len(idx)
                 self.batch += 1
