@@ -101,6 +101,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
                                 "elapsed", "history", "rng_state")},
     }
     perm = arrays["perm"]
-    if perm.size and (perm.min() < 0 or perm.max() >= perm.size):
+    if not np.array_equal(np.sort(perm), np.arange(perm.size)):
         raise ModelFileError(path, "perm is not a permutation of the training samples")
     return meta["config"], meta
