@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return cmd_evaluate(args, parser)
         return cmd_predict(args, parser)
-    except (CLIError, DataError, ModelFileError) as exc:
+    except (CLIError, DataError, ModelFileError, OSError) as exc:
         print(f"nnscratch {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
@@ -196,12 +196,50 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
     if config["val_size"] >= 60000:
         parser.error("--val-size must leave training images: use fewer than 60000")
     out = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out}: exists and is not a directory")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        parser.error(f"--out {out}: {existing} exists and is not a directory")
     if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
         parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
                      "or choose another --out")
     return config, out, None
+
+
+# How each saved option is checked when a run is resumed (the same rules as the
+# command line's argument types).
+CONFIG_CHECKS = {
+    "epochs": positive_int, "batch_size": positive_int, "dropout": drop_probability,
+    "lr": positive_float, "weight_decay": non_negative_float, "warmup_epochs": non_negative_float,
+    "max_shift": non_negative_int, "flip": probability, "val_size": positive_int,
+    "seed": non_negative_int,
+}
+
+
+def _config_problems(config: dict[str, Any]) -> list[str]:
+    """What is wrong with a configuration read back from a checkpoint."""
+    problems = [f"{k} is missing" for k in TRAINING_OPTIONS if k not in config]
+    for key, check in CONFIG_CHECKS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        kinds = int if check in (positive_int, non_negative_int) else (int, float)
+        try:
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError
+            check(str(value))
+        except ValueError:
+            problems.append(f"{key} must be a {check.__name__}, got {value!r}")
+    hidden = config.get("hidden")
+    if not isinstance(hidden, list) or not hidden or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        problems.append(f"hidden must be a list of positive integers, got {hidden!r}")
+    if config.get("schedule") not in ("constant", "cosine"):
+        problems.append(f"schedule must be 'constant' or 'cosine', got {config.get('schedule')!r}")
+    if not isinstance(config.get("augment"), bool):
+        problems.append(f"augment must be true or false, got {config.get('augment')!r}")
+    if isinstance(config.get("val_size"), int) and config["val_size"] >= 60000:
+        problems.append("val_size must leave training images (< 60000)")
+    return problems
 
 
 def build_mlp(hidden: list[int], dropout: float, rng: np.random.Generator) -> Sequential:
@@ -252,9 +290,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     meta = None
     if ckpt is not None:
         config, meta = load_checkpoint(ckpt)
-        missing = [k for k in TRAINING_OPTIONS if k not in config]
-        if missing:
-            raise CLIError(f"{ckpt}: checkpoint configuration lacks {', '.join(missing)}")
+        problems = _config_problems(config)
+        if problems:
+            raise CLIError(f"{ckpt}: invalid saved configuration: {'; '.join(problems)}")
     (x_full, y_full), (x_test, y_test) = load_fashion_mnist(args.data_dir)
     rng = np.random.default_rng(config["seed"])
     (x_train, y_train), (x_val, y_val) = split_train_val(x_full, y_full, config["val_size"], rng)

@@ -35,11 +35,18 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(white, rgba)
-            gray = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+            if img.mode.startswith("I;16") or img.mode == "I":
+                # 16-bit grayscale: convert("L") would clip everything above 255.
+                gray = np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0)
+            else:
+                gray = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: image too large to decode safely "
+                         f"(more than {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file Pillow can read (PNG, JPEG, ...)") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data

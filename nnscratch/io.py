@@ -138,8 +138,10 @@ def read_npz(path: str | os.PathLike, format_name: str,
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "no such file")
-    if not path.is_file():
+    if path.is_dir():
         raise ModelFileError(path, "is a directory, not a file")
+    if not path.is_file():
+        raise ModelFileError(path, "is not a regular file")
     try:
         with zipfile.ZipFile(path) as archive:
             return _read_archive(path, archive, format_name, expected)
@@ -169,8 +171,8 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, format_name: str,
         raise ModelFileError(path, f"{META_KEY} must be a JSON string, found dtype {dtype} shape {shape}")
     try:
         meta = json.loads(str(_read_member(archive, meta_info)))
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(path, f"{META_KEY} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(path, f"{META_KEY} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise ModelFileError(path, f"{META_KEY} must be a JSON object")
     if meta.get("format") != format_name:
