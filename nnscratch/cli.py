@@ -296,6 +296,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     (x_full, y_full), (x_test, y_test) = load_fashion_mnist(args.data_dir)
     rng = np.random.default_rng(config["seed"])
     (x_train, y_train), (x_val, y_val) = split_train_val(x_full, y_full, config["val_size"], rng)
+    # The split copied what training needs; dropping the memory-mapped originals
+    # unmaps them, which keeps the run's peak memory ~50 MB lower.
+    del x_full, y_full
     model = build_mlp(config["hidden"], config["dropout"], rng)
     optimizer = Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     out.mkdir(parents=True, exist_ok=True)
@@ -337,21 +340,25 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
         raise CLIError(f"training diverged: {exc}{kept}") from None
     train_seconds = time.perf_counter() - training_started
-    _finish_run(model, config, history, trainer, out, (x_train, y_train), (x_val, y_val),
-                (x_test, y_test), train_seconds)
+    results = {name: model.evaluate(*data) for name, data in (
+        ("train", (x_train, y_train)), ("validation", (x_val, y_val)), ("test", (x_test, y_test)))}
+    timings = {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"],
+               "first_batch_unix_time": trainer.first_step_done}
+    best_epoch = trainer.best["epoch"] if trainer.best else None
+    # Free the training images (~45 MB) before matplotlib loads: keeps peak memory down.
+    del trainer, x_train, y_train, x_val, y_val
+    _finish_run(model, config, history, results, timings, best_epoch, out, (x_test, y_test))
     return 0
 
 
 def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],
-                trainer: Trainer, out: Path, train: tuple, val: tuple, test: tuple,
-                train_seconds: float) -> None:
+                results: dict[str, dict[str, float]], timings: dict[str, Any],
+                best_epoch: int | None, out: Path, test: tuple) -> None:
     import numba
 
     from . import plots
     from .metrics import classification_report, confusion_matrix, format_report
 
-    results = {name: model.evaluate(*data) for name, data in
-               (("train", train), ("validation", val), ("test", test))}
     probs = model.predict(test[0])
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(test[1], pred, len(CLASS_NAMES))
@@ -359,11 +366,10 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
     save(model, out / "model.npz", class_names=list(CLASS_NAMES))
     metrics = {
         "test": results["test"], "train": results["train"], "validation": results["validation"],
-        "best_epoch": trainer.best["epoch"] if trainer.best else None,
+        "best_epoch": best_epoch,
         "epochs": config["epochs"], "per_class": report, "confusion_matrix": cm.tolist(),
         "class_names": list(CLASS_NAMES), "history": history,
-        "timings": {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"],
-                    "first_batch_unix_time": trainer.first_step_done},
+        "timings": timings,
         "config": config,
         "versions": {"nnscratch": __version__, "python": platform.python_version(),
                      "numpy": np.__version__, "numba": numba.__version__},
@@ -379,8 +385,8 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
     print(format_report(report))
     print(f"test accuracy {results['test']['accuracy']:.4f}, loss {results['test']['loss']:.4f} "
           f"(train {results['train']['accuracy']:.4f}, validation "
-          f"{results['validation']['accuracy']:.4f}, best epoch {metrics['best_epoch']}); "
-          f"trained in {train_seconds:.1f} s")
+          f"{results['validation']['accuracy']:.4f}, best epoch {best_epoch}); "
+          f"trained in {timings['train_seconds']:.1f} s")
     for name in ("model.npz", "metrics.json", "confusion_matrix.png", "training_curves.png",
                  "misclassified.png"):
         print(f"wrote {out / name}")

@@ -1,0 +1,183 @@
+"""Training-speed benchmark: nnscratch against the matrix-multiply floor and peers.
+
+    python benchmarks/bench_train.py                 # both models, all peers found
+    python benchmarks/bench_train.py --quick         # fewer epochs, reference model only
+    python benchmarks/bench_train.py --json benchmarks/results.json
+
+In one run it measures, each in a fresh subprocess on the real Fashion-MNIST
+training images (so thread pools of one framework cannot slow another):
+
+* the GEMM floor: only the matrix multiplies of each training step, for exactly
+  the reference shapes, into preallocated outputs (``peers.gemm_floor``);
+* nnscratch ``fit`` (Numba kernels) and the NumPy-twin backend;
+* a carefully written pure-NumPy peer and, when importable, PyTorch eager,
+  scikit-learn and JAX doing the same work (``peers.py``);
+
+and reports the median epoch of epochs 2..N (epoch 1 separately), its ratio to
+the floor and to each peer, time to first batch and inference on the 10k test
+images. Then it runs the real ``nnscratch train`` command to measure its peak
+RSS and its time from launch to the first finished batch, cold (empty Numba
+cache) and warm. Ratios measured within one run are the figures to quote: the
+machine's absolute speed varies from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402  (the sibling module, found through the line above)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, seed=0,
+                  x_test=None) -> dict:
+    """The reference work with nnscratch: Sequential + Trainer (what ``fit`` runs)."""
+    started = time.time()
+    import nnscratch as nn
+    from nnscratch import kernels
+
+    layers = [nn.Flatten()]
+    width = peers.N_IN
+    for units in hidden:
+        layers += [nn.Dense(width, units), nn.ReLU(), nn.Dropout(peers.DROPOUT)]
+        width = units
+    layers.append(nn.Dense(width, peers.N_OUT))
+    model = nn.Sequential(*layers, seed=seed)
+    optimizer = nn.Adam(model.parameters(), lr=peers.LR)
+    trainer = nn.Trainer(model, x, y, optimizer=optimizer, epochs=epochs,
+                         batch_size=batch_size, verbose=0)
+    history = trainer.run()
+    infer = []
+    for _ in range(2):
+        t = time.perf_counter()
+        model.predict(x_test)
+        infer.append(time.perf_counter() - t)
+    return peers._result(f"nnscratch[{kernels.BACKEND}]", epoch_times=history["epoch_time"],
+                         first_batch_s=trainer.first_step_done - started,
+                         infer_s=infer[1], infer_cold_s=infer[0], final_loss=history["loss"][-1])
+
+
+RUNNERS = {"nnscratch": nnscratch_fit, **peers.PEERS}
+
+
+def worker(name: str, model: str, epochs: int) -> None:
+    """Child process: run one peer on the real training images, print its result."""
+    from nnscratch.datasets import load_fashion_mnist
+
+    (x, y), (x_test, _) = load_fashion_mnist()
+    result = RUNNERS[name](x, y, hidden=peers.MODELS[model], epochs=epochs, x_test=x_test)
+    result["model"] = model
+    print("RESULT " + json.dumps(result))
+
+
+def run_isolated(name: str, model: str, epochs: int, env: dict | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--model", model, "--epochs", str(epochs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            break
+    else:
+        result = peers._skipped(name, f"failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        result["model"] = model
+    return result
+
+
+def train_command(numba_cache: str, epochs: int) -> dict:
+    """Launch ``nnscratch train`` and measure launch-to-first-batch and peak RSS."""
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, NUMBA_CACHE_DIR=numba_cache)
+        launched = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "nnscratch.cli", "train", "--quiet",
+                                 "--epochs", str(epochs), "--out", f"{out}/run"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        total = time.time() - launched
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"nnscratch train failed: {proc.stderr.read().decode()[-500:]}")
+        metrics = json.loads(Path(out, "run", "metrics.json").read_text())
+    return {"first_batch_s": metrics["timings"]["first_batch_unix_time"] - launched,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "total_s": total, "epochs": epochs,
+            "test_accuracy": metrics["test"]["accuracy"]}
+
+
+def format_results(results: list[dict]) -> str:
+    lines = [peers.format_table(results), ""]
+    for model in dict.fromkeys(r["model"] for r in results):
+        rows = {r["name"]: r for r in results if r["model"] == model and r["available"]}
+        ours = peers.median_epoch(rows["nnscratch[numba]"]) if "nnscratch[numba]" in rows else None
+        if ours is None:
+            continue
+        floor = peers.median_epoch(rows["gemm_floor"]) if "gemm_floor" in rows else None
+        lines.append(f"{model}: nnscratch median epoch {ours:.3f} s = "
+                     + (f"{ours / floor:.2f}x the GEMM floor" if floor else "(no floor)"))
+        for name, row in rows.items():
+            if name in ("nnscratch[numba]", "gemm_floor"):
+                continue
+            theirs = peers.median_epoch(row)
+            infer = (f"; inference {row['infer_s'] / rows['nnscratch[numba]']['infer_s']:.2f}x "
+                     "nnscratch's time" if row.get("infer_s") else "")
+            lines.append(f"  vs {name:<16} epoch {theirs:.3f} s: nnscratch is "
+                         f"{theirs / ours:.2f}x faster{infer}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per peer (median of 2..N)")
+    parser.add_argument("--quick", action="store_true", help="3 epochs, reference model only")
+    parser.add_argument("--peers", default="torch_eager,sklearn_mlp,jax_scan,numpy_careful",
+                        help="peers besides the floor and nnscratch (comma-separated)")
+    parser.add_argument("--json", type=Path, help="also write every result as JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="small", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.model, args.epochs)
+        return 0
+
+    epochs = 3 if args.quick else args.epochs
+    models = ["small"] if args.quick else ["small", "large"]
+    others = [p for p in args.peers.split(",") if p]
+    for warning in peers.blas_env_warnings() + peers.load_warnings():
+        print(warning)
+    print(peers.machine_info())
+    print(peers.blas_info())
+    results = []
+    for model in models:
+        plan = [("gemm_floor", None), ("nnscratch", None),
+                ("nnscratch", dict(os.environ, NNSCRATCH_BACKEND="numpy"))]
+        plan += [(name, None) for name in others]
+        for name, env in plan:
+            if model == "large" and (env is not None or name == "sklearn_mlp"):
+                continue  # the slowest ones run on the reference model only
+            print(f"running {name}{' (numpy twins)' if env else ''} on the {model} model...",
+                  flush=True)
+            results.append(run_isolated(name, model, epochs, env))
+    print("\nrunning `nnscratch train --epochs 1` with an empty, then a warm Numba cache...")
+    with tempfile.TemporaryDirectory() as cache:
+        command = {"cold": train_command(cache, 1), "warm": train_command(cache, 1)}
+    print()
+    print(format_results(results))
+    print(f"\nnnscratch train: time to first batch {command['cold']['first_batch_s']:.2f} s cold "
+          f"(empty Numba cache), {command['warm']['first_batch_s']:.2f} s warm; peak RSS "
+          f"{command['warm']['peak_rss_mb']:.0f} MB (cold run {command['cold']['peak_rss_mb']:.0f} MB)")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": peers.machine_info(), "blas": peers.blas_info(),
+                                         "epochs": epochs, "results": results,
+                                         "train_command": command}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
