@@ -340,15 +340,28 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
         raise CLIError(f"training diverged: {exc}{kept}") from None
     train_seconds = time.perf_counter() - training_started
-    results = {name: model.evaluate(*data) for name, data in (
-        ("train", (x_train, y_train)), ("validation", (x_val, y_val)), ("test", (x_test, y_test)))}
-    timings = {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"],
-               "first_batch_unix_time": trainer.first_step_done}
-    best_epoch = trainer.best["epoch"] if trainer.best else None
-    # Free the training images (~45 MB) before matplotlib loads: keeps peak memory down.
-    del trainer, x_train, y_train, x_val, y_val
-    _finish_run(model, config, history, results, timings, best_epoch, out, (x_test, y_test))
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        results = {name: model.evaluate(*data) for name, data in (
+            ("train", (x_train, y_train)), ("validation", (x_val, y_val)), ("test", (x_test, y_test)))}
+        timings = {"train_seconds": train_seconds, "epoch_seconds": history["epoch_time"],
+                   "first_batch_unix_time": trainer.first_step_done}
+        best_epoch = trainer.best["epoch"] if trainer.best else None
+        # Free the training images (~45 MB) before matplotlib loads: keeps peak memory down.
+        del trainer, x_train, y_train, x_val, y_val
+        _finish_run(model, config, history, results, timings, best_epoch, out, (x_test, y_test))
+    except KeyboardInterrupt:
+        print(f"Interrupted while writing the results; training is complete and saved in "
+              f"{checkpoint_path}.\nWrite the results with: nnscratch train --resume {out}",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],

@@ -24,7 +24,11 @@ try:
 except ImportError:
     import helpers
 
-TRAIN = ["train", "--epochs", "3", "--hidden", "64", "--val-size", "50000"]
+# 40k training images a 784-512-10 net: each epoch takes long enough (~0.5 s
+# here, more on a busy machine) that a signal 0-0.3 s after "Epoch 2/3" lands
+# mid-training, not after it.
+TRAIN = ["train", "--epochs", "3", "--hidden", "512", "--val-size", "20000"]
+STEPS_PER_EPOCH = 313  # ceil(40000 / 128)
 
 
 def run_train(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -87,7 +91,7 @@ def test_interrupt_and_resume_matches_an_uninterrupted_run(
     assert checkpoint.is_file()
     assert not (out / "model.npz").exists()
     _, meta = load_checkpoint(checkpoint)
-    assert 1 <= meta["epoch"] <= 2 and meta["optimizer"]["step"] < 3 * 79
+    assert 1 <= meta["epoch"] <= 2 and meta["optimizer"]["step"] < 3 * STEPS_PER_EPOCH
     assert helpers.temp_files(out) == []
 
     target = out if resume_from == "dir" else checkpoint
@@ -249,3 +253,23 @@ def test_evaluate_and_predict_on_a_cli_trained_model(
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = load(reference / "model.npz")
     assert model.class_names == list(cli.CLASS_NAMES)
+
+
+def test_interrupt_while_writing_results_exits_130_and_resume_writes_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    helpers.require_real_data()
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "1", "--hidden", "16", "--val-size", "55000", "--out", str(out),
+            "--quiet"]
+    real_finish = cli._finish_run
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_finish_run", interrupted)
+    assert cli.main(args) == 130
+    assert f"nnscratch train --resume {out}" in capsys.readouterr().err
+    assert (out / "checkpoint.npz").is_file() and not (out / "model.npz").exists()
+    monkeypatch.setattr(cli, "_finish_run", real_finish)
+    assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert (out / "model.npz").is_file() and (out / "metrics.json").is_file()
