@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import ArrayLike
 
+from .metrics import _as_labels
+
 __all__ = ["plot_confusion_matrix", "plot_misclassified", "plot_training_curves"]
 
 DPI = 110
@@ -59,12 +61,7 @@ def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def _labels(values: ArrayLike, name: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class labels, got shape {array.shape}")
-    if array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{name} must contain integer class labels, got dtype {array.dtype}")
-    return array.astype(np.int64, copy=False)
+    return _as_labels(values, name).astype(np.int64, copy=False)
 
 
 # ---- confusion matrix ------------------------------------------------------------------
