@@ -59,8 +59,8 @@ def main() -> None:
         spent["accuracy bookkeeping"] += clock() - t
     total = sum(spent.values())
     for name, seconds in spent.items():
-        print(f"{name:<48} {seconds / steps * 1e6:8.1f} us  {seconds / total:6.1%}")
-    print(f"{'total per step':<48} {total / steps * 1e6:8.1f} us")
+        print(f"{name:<56} {seconds / steps * 1e6:8.1f} us  {seconds / total:6.1%}")
+    print(f"{'total per step':<56} {total / steps * 1e6:8.1f} us")
 
 
 if __name__ == "__main__":
