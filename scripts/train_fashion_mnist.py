@@ -31,12 +31,12 @@ perm = rng.permutation(len(x_full))
 val, train = np.sort(perm[:5000]), np.sort(perm[5000:])
 x_train, y_train, x_val, y_val = x_full[train], y_full[train], x_full[val], y_full[val]
 
-# 3. The model: 784 -> 512 -> 256 -> 10 with ReLU and dropout 0.3 (the default recipe).
+# 3. The model: 784 -> 1024 -> 512 -> 10 with ReLU and dropout 0.3 (the default recipe).
 model = nn.Sequential(
     nn.Flatten(),
-    nn.Dense(784, 512), nn.ReLU(), nn.Dropout(0.3),
-    nn.Dense(512, 256), nn.ReLU(), nn.Dropout(0.3),
-    nn.Dense(256, 10),
+    nn.Dense(784, 1024), nn.ReLU(), nn.Dropout(0.3),
+    nn.Dense(1024, 512), nn.ReLU(), nn.Dropout(0.3),
+    nn.Dense(512, 10),
     seed=rng,
 )
 optimizer = nn.Adam(model.parameters(), lr=1e-3)
