@@ -1,0 +1,29 @@
+"""scripts/train_fashion_mnist.py is the same pipeline as `nnscratch train`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import helpers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_training_script_matches_the_cli_bit_for_bit(tmp_path: Path) -> None:
+    helpers.require_real_data()
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_fashion_mnist.py"), "--epochs", "1",
+         "--out", str(tmp_path / "script")], capture_output=True, text=True, env=helpers.cli_env())
+    assert script.returncode == 0, script.stderr
+    for name in ("model.npz", "metrics.json", "confusion_matrix.png", "training_curves.png",
+                 "misclassified.png"):
+        assert (tmp_path / "script" / name).is_file(), name
+    cli = helpers.run_cli("train", "--epochs", "1", "--out", tmp_path / "cli", "--quiet")
+    assert cli.returncode == 0, cli.stderr
+    a, b = np.load(tmp_path / "script" / "model.npz"), np.load(tmp_path / "cli" / "model.npz")
+    weights = [k for k in a.files if k != "__meta__"]
+    assert weights and sorted(weights) == sorted(k for k in b.files if k != "__meta__")
+    for key in weights:
+        assert np.array_equal(a[key], b[key]), key
