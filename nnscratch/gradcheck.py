@@ -115,7 +115,8 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
     for name, value, _ in params:
         if value.dtype != np.float64:
             raise TypeError(f"gradcheck needs float64 parameters; {name} is {value.dtype}. "
-                            f"Build the model with dtype='float64' (or Dense(..., dtype=np.float64)).")
+                            f"Use Sequential(..., dtype='float64'), or Dense(..., dtype=np.float64) for a "
+                            f"layer checked on its own.")
     x = np.array(x, dtype=np.float64)
     sample_rng = np.random.default_rng(seed)
     generators = [] if isinstance(module, SoftmaxCrossEntropy) else _generators(module)

@@ -9,7 +9,8 @@ Every layer has the same interface:
 * ``params`` and ``grads`` are dicts with the same keys (empty for layers
   without parameters); ``training`` is the train/eval flag.
 
-Arrays returned by a standalone layer are fresh. Inside a ``Sequential`` the
+A standalone layer returns new arrays (Flatten returns a reshaped view, and an
+inactive Dropout returns its argument itself). Inside a ``Sequential`` the
 layers write into buffers that are reused from one batch to the next (see
 ``Layer._buffer``), so the training loop allocates nothing in steady state.
 """

@@ -52,6 +52,8 @@ class Adam:
         if not weight_decay >= 0:
             raise ValueError(f"Adam: weight_decay must be >= 0, got {weight_decay!r}")
         self.lr = float(lr)
+        # The learning rate asked for; schedules scale from it while they change ``lr``.
+        self.initial_lr = float(lr)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
@@ -87,7 +89,7 @@ class Adam:
 
     def state_dict(self) -> dict[str, Any]:
         """Hyperparameters, step count and moments (copies), keyed by parameter name."""
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+        return {"lr": self.lr, "initial_lr": self.initial_lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay, "step": self.step_count,
                 "m": {k: v.copy() for k, v in self.m.items()},
                 "v": {k: v.copy() for k, v in self.v.items()}}
@@ -110,6 +112,7 @@ class Adam:
         if problems:
             raise ValueError("Adam.load_state_dict: " + "; ".join(problems))
         self.lr = float(state.get("lr", self.lr))
+        self.initial_lr = float(state.get("initial_lr", self.initial_lr))
         self.betas = tuple(float(b) for b in state.get("betas", self.betas))
         self.eps = float(state.get("eps", self.eps))
         self.weight_decay = float(state.get("weight_decay", self.weight_decay))

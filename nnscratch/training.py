@@ -17,7 +17,7 @@ from .schedules import Constant, WarmupCosine
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or a weight became NaN or infinite."""
+    """The loss or a weight became NaN or infinite, or the loss exploded (> 100 ln K)."""
 
 
 class TrainingInterrupted(Exception):
@@ -99,12 +99,14 @@ class Trainer:
                        warmup_epochs: float) -> Callable[[int], float]:
         if callable(kind):
             return kind
+        # From the optimizer's initial lr: a previous run's schedule may have left
+        # ``optimizer.lr`` at its final value (0 after a cosine decay).
         if kind == "constant":
-            return Constant(self.optimizer.lr)
+            return Constant(self.optimizer.initial_lr)
         if kind == "cosine":
             total = self.epochs * self.steps_per_epoch
             warmup = min(round(warmup_epochs * self.steps_per_epoch), total)
-            return WarmupCosine(self.optimizer.lr, total, warmup)
+            return WarmupCosine(self.optimizer.initial_lr, total, warmup)
         raise ValueError(f"lr_schedule must be 'constant', 'cosine' or a function, got {kind!r}")
 
     # ---- the loop --------------------------------------------------------------
@@ -164,10 +166,11 @@ class Trainer:
                 "accuracy": self.correct / max(self.seen, 1)}
 
     def _diverged(self, what: str) -> None:
+        lr = self.optimizer.initial_lr
         raise TrainingDiverged(
-            f"{what} at epoch {self.epoch + 1}, step {self.batch + 1} "
-            f"(learning rate {self.optimizer.lr:.3g}). The learning rate is probably too "
-            f"high for this model: try one 10x smaller.")
+            f"{what} at epoch {self.epoch + 1}, step {self.batch + 1} (learning rate {lr:.3g}, "
+            f"{self.optimizer.lr:.3g} at this step of the schedule). The learning rate is "
+            f"probably too high for this model: try {lr / 10:.3g}.")
 
     def _finish_epoch(self) -> None:
         if not all(np.isfinite(p.value).all() for p in self.model.parameters()):

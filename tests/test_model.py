@@ -468,3 +468,15 @@ def test_forward_returns_fresh_logits_and_backward_returns_input_gradient():
                                rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(model.layers[0].grads["bias"], dh.sum(axis=0), rtol=1e-12,
                                atol=1e-14)
+
+
+def test_fitting_again_after_a_cosine_schedule_starts_from_the_initial_lr():
+    x, y = blobs(n=400)
+    model = blob_model(seed=0)
+    opt = Adam(model.parameters(), lr=0.01)
+    model.fit(x, y, optimizer=opt, epochs=2, batch_size=50, lr_schedule="cosine", verbose=0)
+    assert opt.lr == 0.0  # the cosine schedule ends at zero
+    before = model.state_dict()
+    hist = model.fit(x, y, optimizer=opt, epochs=1, batch_size=50, verbose=0)
+    assert hist["lr"] == [0.01]
+    assert any(not np.array_equal(before[k], v) for k, v in model.state_dict().items())
