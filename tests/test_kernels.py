@@ -25,6 +25,16 @@ def _rng(shape, dtype, salt=0):
     return np.random.default_rng([shape[0], shape[1], np.dtype(dtype).itemsize, salt])
 
 
+def _both_backends(name, shape, dtype, *args):
+    """Run kernel ``name`` from reference.py and fused.py into NaN-filled outputs."""
+    outs = []
+    for mod in (reference, fused):
+        out = np.full(shape, np.nan, dtype)
+        getattr(mod, name)(*args, out)
+        outs.append(out)
+    return outs
+
+
 def _adam_coef(dtype, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
     """coef as documented: [b1, 1-b1, b2, 1-b2, eps, 1-lr*wd, lr/(1-b1^t), 1/sqrt(1-b2^t), FLUSH]."""
     b1, b2 = betas
@@ -57,14 +67,10 @@ def test_add_bias_fused_equals_reference_exactly(shape, dtype):
     rng = _rng(shape, dtype)
     z = rng.standard_normal(shape).astype(dtype)
     b = rng.standard_normal(shape[1]).astype(dtype)
-    outs = {}
-    for mod in (reference, fused):
-        out = np.full(shape, np.nan, dtype)
-        mod.add_bias(z, b, out)
-        outs[mod.__name__] = out
-    assert np.array_equal(outs[reference.__name__], outs[fused.__name__])
-    assert np.array_equal(outs[fused.__name__], z + b)
-    assert outs[fused.__name__].dtype == dtype
+    outs = _both_backends("add_bias", shape, dtype, z, b)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], z + b)
+    assert outs[1].dtype == dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,11 +92,7 @@ def test_relu_forward_fused_equals_reference_exactly(shape, dtype):
     rng = _rng(shape, dtype, 2)
     x = rng.standard_normal(shape).astype(dtype)
     x.reshape(-1)[::5] = 0  # exact zeros too
-    outs = []
-    for mod in (reference, fused):
-        out = np.full(shape, np.nan, dtype)
-        mod.relu_forward(x, out)
-        outs.append(out)
+    outs = _both_backends("relu_forward", shape, dtype, x)
     assert np.array_equal(outs[0], outs[1])
     assert np.array_equal(outs[1], np.where(x > 0, x, 0))
     assert outs[1].dtype == dtype
@@ -104,11 +106,7 @@ def test_relu_backward_fused_equals_reference_exactly(shape, dtype):
     x.reshape(-1)[::4] = 0
     y = np.maximum(x, 0).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    outs = []
-    for mod in (reference, fused):
-        out = np.full(shape, np.nan, dtype)
-        mod.relu_backward(dy, y, out)
-        outs.append(out)
+    outs = _both_backends("relu_backward", shape, dtype, dy, y)
     assert np.array_equal(outs[0], outs[1])
     assert np.array_equal(outs[1], np.where(y > 0, dy, 0))
 
@@ -155,11 +153,7 @@ def test_multiply_fused_equals_reference_exactly(shape, dtype):
     rng = _rng(shape, dtype, 5)
     a = rng.standard_normal(shape).astype(dtype)
     b = rng.standard_normal(shape).astype(dtype)
-    outs = []
-    for mod in (reference, fused):
-        out = np.full(shape, np.nan, dtype)
-        mod.multiply(a, b, out)
-        outs.append(out)
+    outs = _both_backends("multiply", shape, dtype, a, b)
     assert np.array_equal(outs[0], outs[1])
     assert np.array_equal(outs[1], a * b)
 
