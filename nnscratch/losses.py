@@ -37,7 +37,8 @@ class SoftmaxCrossEntropy:
 
     def __init__(self) -> None:
         self._dlogits: np.ndarray | None = None
-        self._buffers: dict[str, np.ndarray] | None = None
+        # Sequential sets this: reuse the gradient array from batch to batch.
+        self.reuse_buffer = False
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
         logits = np.ascontiguousarray(logits)
@@ -53,7 +54,7 @@ class SoftmaxCrossEntropy:
         if logits.shape[0] == 0:
             raise ValueError("SoftmaxCrossEntropy: empty batch")
         dlogits = self._dlogits
-        if self._buffers is None or dlogits is None or dlogits.shape != logits.shape \
+        if not self.reuse_buffer or dlogits is None or dlogits.shape != logits.shape \
                 or dlogits.dtype != logits.dtype:
             dlogits = np.empty_like(logits)
         self._dlogits = dlogits

@@ -57,7 +57,7 @@ class Sequential:
             elif isinstance(layer, Dropout):
                 layer.rng = self.rng
         self.loss = SoftmaxCrossEntropy()
-        self.loss._buffers = {}
+        self.loss.reuse_buffer = True
         self.training = True
         self.class_names: list[str] | None = None  # set by nnscratch.load
         self._batch: np.ndarray | None = None
