@@ -36,20 +36,20 @@ def main() -> None:
         t = clock()
         h = model._as_batch(x, idx)
         spent["gather + scale (uint8 -> float32)"] += clock() - t
-        for i, layer in enumerate(model.layers):
+        for i, stage in enumerate(model._stages):
             t = clock()
-            h = layer.forward(h)
-            spent[f"forward  {i} {layer!r}"] += clock() - t
+            h = stage.forward(h)
+            spent[f"forward  {i} {stage!r}"] += clock() - t
         t = clock()
         np.take(y, idx, out=yb)
         model.loss.forward(h, yb)
         grad = model.loss.backward()
         spent["softmax cross-entropy (fwd+bwd)"] += clock() - t
-        for i in range(len(model.layers) - 1, 0, -1):
-            layer = model.layers[i]
+        for i in range(len(model._stages) - 1, 0, -1):
+            stage = model._stages[i]
             t = clock()
-            grad = layer.backward(grad, input_grad=False) if i == 1 else layer.backward(grad)
-            spent[f"backward {i} {layer!r}"] += clock() - t
+            grad = stage.backward(grad, input_grad=False) if i == 1 else stage.backward(grad)
+            spent[f"backward {i} {stage!r}"] += clock() - t
         t = clock()
         optimizer.step()
         spent["Adam (all parameters)"] += clock() - t

@@ -48,17 +48,20 @@ class SoftmaxCrossEntropy:
         if labels.shape != (logits.shape[0],) or labels.dtype.kind not in "iu":
             raise ValueError(f"labels must be integers of shape ({logits.shape[0]},), "
                              f"got {labels.dtype} {labels.shape}")
-        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-            raise ValueError(f"labels must lie in 0..{logits.shape[1] - 1}, "
-                             f"found {labels.min()}..{labels.max()}")
         if logits.shape[0] == 0:
             raise ValueError("SoftmaxCrossEntropy: empty batch")
         dlogits = self._dlogits
         if not self.reuse_buffer or dlogits is None or dlogits.shape != logits.shape \
                 or dlogits.dtype != logits.dtype:
             dlogits = np.empty_like(logits)
+        # The kernel checks the label range as it goes (-1.0 flags a bad label).
+        loss = kernels.softmax_cross_entropy(logits, labels, dlogits)
+        if loss < 0:
+            self._dlogits = None
+            raise ValueError(f"labels must lie in 0..{logits.shape[1] - 1}, "
+                             f"found {labels.min()}..{labels.max()}")
         self._dlogits = dlogits
-        return kernels.softmax_cross_entropy(logits, labels, dlogits)
+        return loss
 
     def backward(self) -> np.ndarray:
         """dL/dlogits for the last forward: (softmax(z) - onehot(t)) / N."""

@@ -10,6 +10,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import kernels
+from .blocks import DenseReLU
+from .blocks import fuse as fuse_layers
 from .layers import Dense, Dropout, Layer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Adam, Parameter
@@ -25,10 +27,15 @@ class Sequential:
     and shuffles the data in ``fit``. ``dtype`` is the floating type of the
     parameters and of the whole training path ("float32", or "float64" for
     gradient checks).
+
+    ``fuse`` (default True) runs each Dense -> ReLU [-> Dropout] as one
+    ``nnscratch.blocks.DenseReLU`` stage: the same computation in fewer passes
+    over memory. ``fuse=False`` calls every layer's own forward and backward,
+    the version to step through while reading ``layers.py``.
     """
 
     def __init__(self, *layers: Layer, seed: int | np.random.Generator | None = None,
-                 dtype: DTypeLike = "float32") -> None:
+                 dtype: DTypeLike = "float32", fuse: bool = True) -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -56,6 +63,8 @@ class Sequential:
                 layer.reset_parameters(self.rng)
             elif isinstance(layer, Dropout):
                 layer.rng = self.rng
+        # What forward and backward run: the layers, or fused blocks of them.
+        self._stages: list[Layer | DenseReLU] = fuse_layers(self.layers) if fuse else list(self.layers)
         self.loss = SoftmaxCrossEntropy()
         self.loss.reuse_buffer = True
         self.training = True
@@ -118,21 +127,22 @@ class Sequential:
 
     # ---- forward and backward -------------------------------------------------
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x)
+        for stage in self._stages:
+            x = stage.forward(x)
         return x
 
     def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
         # Below the lowest Dense layer only input gradients flow; skip them
         # (and that layer's dx product) when the caller does not want dx.
+        stages = self._stages
         lowest = 0 if input_grad else next(
-            i for i, layer in enumerate(self.layers) if isinstance(layer, Dense))
-        for i in range(len(self.layers) - 1, lowest - 1, -1):
-            layer = self.layers[i]
+            i for i, stage in enumerate(stages) if isinstance(stage, (Dense, DenseReLU)))
+        for i in range(len(stages) - 1, lowest - 1, -1):
+            stage = stages[i]
             if i == lowest and not input_grad:
-                layer.backward(grad, input_grad=False)
+                stage.backward(grad, input_grad=False)
                 return None
-            grad = layer.backward(grad)
+            grad = stage.backward(grad)
         return grad
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -217,7 +227,7 @@ class Sequential:
                 idx = np.arange(start, min(start + batch_size, len(x)))
                 logits = self._forward(self._as_batch(x, idx))
                 total_loss += self.loss.forward(logits, y[idx]) * len(idx)
-                correct += int(np.count_nonzero(logits.argmax(axis=1) == y[idx]))
+                correct += kernels.count_correct(logits, y[idx])
         finally:
             self.train(was_training)
         return {"loss": total_loss / len(x), "accuracy": correct / len(x)}

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from . import kernels
 from .model import Sequential
 from .optim import Adam
 from .progress import Progress
@@ -85,9 +86,8 @@ class Trainer:
         self.loss_sum, self.correct, self.seen, self.elapsed = 0.0, 0, 0, 0.0
         self.history: dict[str, list[float]] = {k: [] for k in self._history_keys()}
         self.best: dict[str, Any] | None = None
-        # Reused per-step buffers for labels and predictions.
+        # Reused per-step buffer for the batch's labels.
         self._yb = np.empty(self.batch_size, np.intp)
-        self._pred = np.empty(self.batch_size, np.intp)
 
     def _history_keys(self) -> list[str]:
         keys = ["loss", "accuracy"]
@@ -122,9 +122,7 @@ class Trainer:
         model._backward(model.loss.backward(), input_grad=False)
         self.optimizer.lr = self.schedule(self.optimizer.step_count + 1)
         self.optimizer.step()
-        pred = self._pred[:n]
-        np.argmax(logits, axis=1, out=pred)
-        self.correct += int(np.count_nonzero(pred == yb))
+        self.correct += kernels.count_correct(logits, yb)
         return loss
 
     def run(self) -> dict[str, list[float]]:

@@ -86,13 +86,13 @@ NET_SHAPES = [
 ]
 
 
-def _conditioned_network(n, fin, h1, h2, k, seed, last=Dense):
+def _conditioned_network(n, fin, h1, h2, k, seed, last=Dense, fuse=True):
     rng = np.random.default_rng(seed)
     model = Sequential(
         Dense(fin, h1), ReLU(), Dropout(0.25),
         Dense(h1, h2), ReLU(), Dropout(0.1),
         last(h2, k),
-        seed=seed, dtype="float64",
+        seed=seed, dtype="float64", fuse=fuse,
     )
     for layer in model.layers:
         if isinstance(layer, Dense):
@@ -103,9 +103,11 @@ def _conditioned_network(n, fin, h1, h2, k, seed, last=Dense):
     return model, x, y
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused-blocks", "layer-by-layer"])
 @pytest.mark.parametrize("n, fin, h1, h2, k, seed", NET_SHAPES)
-def test_three_dense_network_with_relu_and_dropout_passes_gradcheck(n, fin, h1, h2, k, seed):
-    model, x, y = _conditioned_network(n, fin, h1, h2, k, seed)
+def test_three_dense_network_with_relu_and_dropout_passes_gradcheck(n, fin, h1, h2, k, seed, fuse):
+    model, x, y = _conditioned_network(n, fin, h1, h2, k, seed, fuse=fuse)
+    assert len(model._stages) == (3 if fuse else 7)
     assert any(isinstance(layer, Dropout) and layer.training for layer in model.layers)
     result = gradcheck(model, x, labels=y)
     names = {"input"} | {p.name for p in model.parameters()}
@@ -184,6 +186,18 @@ def test_gradcheck_catches_a_wrong_backward_inside_a_model():
     assert result.passed is False
     failed = {c.name for c in result.checks if not c.passed}
     assert failed == {"layers.6.weight"}
+
+
+def test_a_dense_subclass_before_relu_is_not_fused_away():
+    # Fusion must not bypass a subclass's own backward: the wrong gradient is caught.
+    rng = np.random.default_rng(3)
+    model = Sequential(DenseScaledWeightGrad(5, 6), ReLU(), Dropout(0.2), Dense(6, 3),
+                       seed=3, dtype="float64")
+    assert model._stages[0] is model.layers[0]
+    model.layers[0].params["bias"][...] = 0.2
+    x, y = rng.uniform(0.5, 1.5, (4, 5)), rng.integers(0, 3, 4)
+    result = gradcheck(model, x, labels=y)
+    assert {c.name for c in result.checks if not c.passed} == {"layers.0.weight"}
 
 
 def test_gradcheck_raises_type_error_for_float32_layer():

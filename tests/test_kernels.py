@@ -45,7 +45,7 @@ def _adam_coef(dtype, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
 # ---- the kernel table -------------------------------------------------------------
 
 def test_every_kernel_name_has_a_fused_and_a_reference_twin():
-    assert len(KERNEL_NAMES) == len(set(KERNEL_NAMES)) == 8
+    assert len(KERNEL_NAMES) == len(set(KERNEL_NAMES)) == 12
     for name in KERNEL_NAMES:
         assert callable(getattr(reference, name)), name
         assert callable(getattr(fused, name)), name
@@ -231,6 +231,95 @@ def test_gather_scale_uint8_with_scale_one_over_255_spans_zero_to_one():
         out = np.empty((16, 16), np.float32)
         mod.gather_scale(src, idx, np.float32(1 / 255), out)
         assert out.min() == 0.0 and abs(out.max() - 1.0) <= 1e-7
+
+
+# ---- fused Dense epilogues: bias + ReLU (+ dropout) and their backward ----------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bias_relu_forward_fused_equals_reference_exactly(shape, dtype):
+    rng = _rng(shape, dtype, 10)
+    z = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    b[::3] = -z[0, ::3]  # some z + b exactly 0
+    outs = _both_backends("bias_relu_forward", shape, dtype, z, b)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], np.maximum(z + b, 0))
+    in_place = z.copy()
+    fused.bias_relu_forward(in_place, b, in_place)
+    assert np.array_equal(in_place, outs[1])
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bias_relu_dropout_forward_equals_the_three_kernels_in_a_row(shape, dtype, p):
+    rng = _rng(shape, dtype, 11)
+    z = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    for key in (0, 987654321, 2**63 - 1):
+        # Unfused: add_bias, relu_forward, dropout_forward (which draws the mask).
+        r = np.maximum(z + b, 0)
+        mask, expected = np.empty_like(r), np.empty_like(r)
+        reference.dropout_forward(r, key, p, mask, expected)
+        outs = _both_backends("bias_relu_dropout_forward", shape, dtype, z, b, key, p)
+        assert np.array_equal(outs[0], expected), key
+        assert np.array_equal(outs[1], expected), key
+        assert outs[1].dtype == dtype
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.25, 2.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_bias_grad_fused_equals_reference_exactly(shape, dtype, scale):
+    rng = _rng(shape, dtype, 12)
+    y = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    s = dtype(scale)
+    results = []
+    for mod in (reference, fused):
+        dz = np.full(shape, np.nan, dtype)
+        db = np.full(shape[1], np.nan, dtype)
+        mod.relu_bias_grad(dy, y, s, dz, db)
+        results.append((dz, db))
+    (dz0, db0), (dz1, db1) = results
+    assert np.array_equal(dz0, dz1) and np.array_equal(db0, db1)
+    expected = np.where(y > 0, dy * s, 0)
+    assert np.array_equal(dz1, expected)
+    np.testing.assert_allclose(db1, expected.sum(axis=0), rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-6)
+    assert dz1.dtype == db1.dtype == dtype
+
+
+def test_relu_bias_grad_leaves_dy_and_y_unchanged():
+    dy = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    y = np.maximum(dy, 0)
+    keep = dy.copy(), y.copy()
+    for mod in (reference, fused):
+        mod.relu_bias_grad(dy, y, np.float32(2), np.empty_like(dy), np.empty(4, np.float32))
+        assert np.array_equal(dy, keep[0]) and np.array_equal(y, keep[1])
+
+
+def test_count_correct_matches_argmax_including_ties_and_nan():
+    rng = np.random.default_rng(13)
+    logits = rng.integers(0, 3, (200, 5)).astype(np.float32)  # many ties
+    logits[::17, 2] = np.nan
+    logits[5, :] = np.nan
+    labels = rng.integers(0, 5, 200)
+    expected = int(np.count_nonzero(logits.argmax(axis=1) == labels))
+    assert reference.count_correct(logits, labels) == expected
+    assert fused.count_correct(logits, labels) == expected
+    labels = logits.argmax(axis=1)
+    assert fused.count_correct(logits, labels) == 200
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 100])
+def test_softmax_cross_entropy_flags_a_label_out_of_range_with_minus_one(bad):
+    logits = np.zeros((4, 3), np.float32)
+    for mod in (reference, fused):
+        labels = np.array([0, 1, bad, 2])
+        assert mod.softmax_cross_entropy(logits, labels, np.empty_like(logits)) == -1.0
+        assert mod.softmax_cross_entropy(logits, labels % 3, np.empty_like(logits)) > 0
 
 
 # ---- softmax cross-entropy: close, not bit-equal ----------------------------------

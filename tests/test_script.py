@@ -4,9 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import helpers
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 

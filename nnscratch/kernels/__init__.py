@@ -14,7 +14,8 @@ from .reference import FLUSH_BELOW as FLUSH_BELOW  # re-exported for the optimiz
 
 KERNEL_NAMES = (
     "add_bias", "relu_forward", "relu_backward", "dropout_forward", "multiply",
-    "softmax_cross_entropy", "adam_update", "gather_scale",
+    "bias_relu_forward", "bias_relu_dropout_forward", "relu_bias_grad",
+    "softmax_cross_entropy", "count_correct", "adam_update", "gather_scale",
 )
 
 BACKEND = os.environ.get("NNSCRATCH_BACKEND", "numba").strip().lower() or "numba"
@@ -32,6 +33,10 @@ relu_forward = _impl.relu_forward
 relu_backward = _impl.relu_backward
 dropout_forward = _impl.dropout_forward
 multiply = _impl.multiply
+bias_relu_forward = _impl.bias_relu_forward
+bias_relu_dropout_forward = _impl.bias_relu_dropout_forward
+relu_bias_grad = _impl.relu_bias_grad
+count_correct = _impl.count_correct
 softmax_cross_entropy = _impl.softmax_cross_entropy
 adam_update = _impl.adam_update
 gather_scale = _impl.gather_scale

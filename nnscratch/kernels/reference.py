@@ -59,6 +59,39 @@ def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np
     np.multiply(x, mask, out=out)
 
 
+def bias_relu_forward(z: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = max(z + b, 0): Dense's bias and the ReLU after it in one pass (``out`` may be ``z``)."""
+    add_bias(z, b, out)
+    relu_forward(out, out)
+
+
+def bias_relu_dropout_forward(z: np.ndarray, b: np.ndarray, key: int, p: float,
+                              out: np.ndarray) -> None:
+    """Dense's bias, ReLU and inverted dropout in one pass (``out`` may be ``z``):
+    out = max(z + b, 0) * mask, where ``mask`` is exactly the one
+    ``dropout_forward(..., key, p, ...)`` draws. The mask is not kept: the
+    backward only needs to know where out > 0 (see ``relu_bias_grad``).
+    """
+    add_bias(z, b, out)
+    relu_forward(out, out)
+    dropout_forward(out, key, p, np.empty_like(out), out)
+
+
+def relu_bias_grad(dy: np.ndarray, y: np.ndarray, scale: float, dz: np.ndarray,
+                   db: np.ndarray) -> None:
+    """Backward of bias + ReLU (+ inverted dropout) from the output y alone:
+
+        dz = dy * scale where y > 0, else 0        db = sum over the batch of dz
+
+    y > 0 exactly where z + b > 0 and the unit was kept, and there
+    d y / d(z + b) = scale (1/(1-p) with dropout, 1 without), so y carries the
+    whole mask. ``scale`` is in the arrays' dtype.
+    """
+    np.multiply(dy, scale, out=dz)
+    dz[~(y > 0)] = 0
+    np.sum(dz, axis=0, out=db)
+
+
 def multiply(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a * b elementwise (dropout backward: dy * mask)."""
     np.multiply(a, b, out=out)
@@ -71,8 +104,11 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, dlogits: np.nd
         loss_n = log(sum_k exp(s_nk)) - s_n,label
         dlogits = (softmax(logits) - onehot(labels)) / N
     Returns the loss as a Python float; writes the gradient into ``dlogits``.
+    Returns -1.0 (a loss is never negative) if a label is outside 0..K-1.
     """
-    n = logits.shape[0]
+    n, k = logits.shape
+    if labels.min() < 0 or labels.max() >= k:
+        return -1.0
     rows = np.arange(n)
     shifted = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=dlogits)
@@ -82,6 +118,11 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, dlogits: np.nd
     dlogits[rows, labels] -= 1
     dlogits *= dlogits.dtype.type(1.0 / n)
     return loss
+
+
+def count_correct(logits: np.ndarray, labels: np.ndarray) -> int:
+    """How many rows have their largest logit (first one on ties) at the label."""
+    return int(np.count_nonzero(logits.argmax(axis=1) == labels))
 
 
 def adam_update(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,

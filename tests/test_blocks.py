@@ -1,0 +1,106 @@
+"""Fused Dense -> ReLU [-> Dropout] blocks (``nnscratch.blocks``) against the
+same layers run one by one (``Sequential(fuse=False)``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnscratch import Adam, Dense, Dropout, Flatten, ReLU, Sequential, Trainer
+from nnscratch.blocks import DenseReLU, fuse
+
+
+def _layers(p1=0.3, p2=0.0):
+    layers = [Flatten(), Dense(12, 16), ReLU(), Dropout(p1), Dense(16, 8), ReLU()]
+    if p2:
+        layers.append(Dropout(p2))
+    return layers + [Dense(8, 3)]
+
+
+def _pair(dtype, **kw):
+    return [Sequential(*_layers(**kw), seed=7, dtype=dtype, fuse=f) for f in (True, False)]
+
+
+def _data(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, 4)), rng.integers(0, 3, n)
+
+
+def test_fuse_groups_dense_relu_and_an_optional_dropout():
+    layers = [Flatten(), Dense(4, 4), ReLU(), Dropout(0.1), Dense(4, 4), ReLU(), Dense(4, 4),
+              Dropout(0.2), Dense(4, 4), ReLU(), ReLU(), Dense(4, 2)]
+    stages = fuse(layers)
+    kinds = [type(s).__name__ for s in stages]
+    assert kinds == ["Flatten", "DenseReLU", "DenseReLU", "Dense", "Dropout", "DenseReLU",
+                     "ReLU", "Dense"]
+    assert stages[1].layers == tuple(layers[1:4]) and stages[2].dropout is None
+    # Every layer appears exactly once, in order.
+    flat = [layer for s in stages for layer in (s.layers if isinstance(s, DenseReLU) else (s,))]
+    assert flat == layers
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [{}, {"p1": 0.0}, {"p1": 0.5, "p2": 0.2}])
+def test_fused_forward_and_backward_equal_layer_by_layer(dtype, kw):
+    fused, plain = _pair(dtype, **kw)
+    x, y = _data()
+    for model in (fused, plain):
+        model.train()
+    # Same generator state: the same dropout keys are drawn in the same order.
+    logits_f = fused._forward(fused._as_batch(x, np.arange(len(x)))).copy()
+    logits_p = plain._forward(plain._as_batch(x, np.arange(len(x)))).copy()
+    assert np.array_equal(logits_f, logits_p)  # bias, ReLU, dropout: same operations
+    grads = []
+    for model in (fused, plain):
+        model.loss.forward(model._forward(model._as_batch(x, np.arange(len(x)))), y)
+        dx = model._backward(model.loss.backward(), input_grad=True).copy()
+        grads.append((dx, {p.name: p.grad.copy() for p in model.parameters()}))
+    (dx_f, g_f), (dx_p, g_p) = grads
+    assert np.array_equal(dx_f, dx_p)
+    for name in g_p:
+        assert np.any(g_p[name] != 0), name
+        np.testing.assert_array_equal(g_f[name], g_p[name], err_msg=name)
+
+
+def test_fused_training_follows_the_layer_by_layer_trajectory():
+    fused, plain = _pair("float32", p1=0.3, p2=0.1)
+    x, y = _data(200, seed=1)
+    x = (np.abs(x) * 60).astype(np.uint8)
+    hist = []
+    for model in (fused, plain):
+        opt = Adam(model.parameters(), lr=3e-3, weight_decay=1e-2)
+        hist.append(Trainer(model, x, y, optimizer=opt, epochs=3, batch_size=32, verbose=0).run())
+    # Not just close: the same float operations in the same order, so bit-identical
+    # (what keeps results recorded before fusion existed reproducible).
+    assert hist[0]["loss"] == hist[1]["loss"]
+    for (name, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_eval_mode_block_is_bias_and_relu_only():
+    fused, plain = _pair("float64", p1=0.5)
+    x, _ = _data()
+    fused.eval()
+    plain.eval()
+    out = fused._forward(fused._as_batch(x, np.arange(len(x))))
+    assert np.array_equal(out, plain._forward(plain._as_batch(x, np.arange(len(x)))))
+    dense = fused.layers[1]
+    h = np.maximum(x.reshape(len(x), -1) @ dense.params["weight"] + dense.params["bias"], 0)
+    np.testing.assert_allclose(fused._stages[1]._y, h, rtol=1e-12)
+
+
+def test_block_backward_before_forward_raises_and_leaves_its_argument_alone():
+    block = DenseReLU(Dense(3, 4, rng=0), ReLU(), Dropout(0.5, rng=0))
+    with pytest.raises(RuntimeError, match="before forward"):
+        block.backward(np.ones((2, 4), np.float32))
+    x = np.ones((2, 3), np.float32)
+    block.forward(x)
+    dy = np.full((2, 4), 2.0, np.float32)
+    block.backward(dy)
+    assert np.all(dy == 2.0)
+
+
+def test_block_rejects_a_wrong_input_width():
+    block = DenseReLU(Dense(3, 4, rng=0), ReLU())
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        block.forward(np.ones((2, 5), np.float32))
