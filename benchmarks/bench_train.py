@@ -14,11 +14,13 @@ training images (so thread pools of one framework cannot slow another):
   scikit-learn and JAX doing the same work (``peers.py``);
 
 and reports the median epoch of epochs 2..N (epoch 1 separately), its ratio to
-the floor and to each peer, time to first batch and inference on the 10k test
-images. Then it runs the real ``nnscratch train`` command to measure its peak
-RSS and its time from launch to the first finished batch, cold (empty Numba
-cache) and warm. Ratios measured within one run are the figures to quote: the
-machine's absolute speed varies from run to run.
+the floor and to each peer, the floor and nnscratch once more with their epochs
+alternating in one process (the steadiest ratio on a machine whose speed
+drifts), time to first batch and inference on the 10k test images. Then it runs
+the real ``nnscratch train`` command to measure its peak RSS and its time from
+launch to the first finished batch, cold (empty Numba cache) and warm. Ratios
+measured within one run are the figures to quote: the machine's absolute speed
+varies from run to run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +69,35 @@ def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, 
                          infer_s=infer[1], infer_cold_s=infer[0], final_loss=history["loss"][-1])
 
 
-RUNNERS = {"nnscratch": nnscratch_fit, **peers.PEERS}
+def paired_with_floor(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, seed=0,
+                      x_test=None) -> dict:
+    """The floor and nnscratch in one process, epochs alternating (floor, ours,
+    floor, ours, ...), so both see the same machine: on a shared VM whose speed
+    drifts over minutes, the ratio of each pair is steadier than a ratio of
+    medians taken minutes apart. Reports the median of the pairs' ratios."""
+    import nnscratch as nn
+
+    layers = [nn.Flatten()]
+    width = peers.N_IN
+    for units in hidden:
+        layers += [nn.Dense(width, units), nn.ReLU(), nn.Dropout(peers.DROPOUT)]
+        width = units
+    layers.append(nn.Dense(width, peers.N_OUT))
+    model = nn.Sequential(*layers, seed=seed)
+    trainer = nn.Trainer(model, x, y, optimizer=nn.Adam(model.parameters(), lr=peers.LR),
+                         epochs=1, batch_size=batch_size, verbose=0)
+    floor, ours = [], []
+    for epoch in range(1, epochs + 1):
+        floor += peers.gemm_floor(x, y, hidden=hidden, epochs=1, batch_size=batch_size)["epoch_times"]
+        trainer.epochs = epoch
+        ours.append(trainer.run()["epoch_time"][-1])
+    ratios = [a / b for a, b in zip(ours[1:], floor[1:])] or [ours[0] / floor[0]]
+    result = peers._result("paired", epoch_times=ours, note="floor and nnscratch epochs alternating")
+    result.update(floor_epoch_times=floor, ratios=ratios, median_ratio=statistics.median(ratios))
+    return result
+
+
+RUNNERS = {"nnscratch": nnscratch_fit, "paired": paired_with_floor, **peers.PEERS}
 
 
 def worker(name: str, model: str, epochs: int) -> None:
@@ -111,9 +142,17 @@ def train_command(numba_cache: str, epochs: int) -> dict:
 
 
 def format_results(results: list[dict]) -> str:
-    lines = [peers.format_table(results), ""]
+    lines = [peers.format_table([r for r in results if r["name"] != "paired"]), ""]
+    for r in results:
+        if r["name"] == "paired" and not r["available"]:
+            lines.append(f"{r['model']}: paired floor/nnscratch run {r['reason']}")
+        elif r["name"] == "paired":
+            lines.append(f"{r['model']}: floor and nnscratch alternating in one process: nnscratch epoch = "
+                         f"{r['median_ratio']:.2f}x the floor epoch next to it (median of "
+                         f"{len(r['ratios'])} pairs, range {min(r['ratios']):.2f}-{max(r['ratios']):.2f})")
     for model in dict.fromkeys(r["model"] for r in results):
-        rows = {r["name"]: r for r in results if r["model"] == model and r["available"]}
+        rows = {r["name"]: r for r in results
+                if r["model"] == model and r["available"] and r["name"] != "paired"}
         ours = peers.median_epoch(rows["nnscratch[numba]"]) if "nnscratch[numba]" in rows else None
         if ours is None:
             continue
@@ -154,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(peers.blas_info())
     results = []
     for model in models:
-        plan = [("gemm_floor", None), ("nnscratch", None),
+        plan = [("gemm_floor", None), ("nnscratch", None), ("paired", None),
                 ("nnscratch", dict(os.environ, NNSCRATCH_BACKEND="numpy"))]
         plan += [(name, None) for name in others]
         for name, env in plan:

@@ -1,35 +1,43 @@
 """Where one training step of the reference model spends its time.
 
-    python benchmarks/profile_step.py
+    python benchmarks/profile_step.py             # the reference model
+    python benchmarks/profile_step.py 1024 1024   # other hidden widths
 
 Runs the reference model (784-256-128-10, ReLU, Dropout 0.2, batch 128) on
 the real training images and times each part of the step separately over one
-epoch, after a warm-up epoch: the batch gather, each layer's forward and
-backward (the Dense rows include their matrix products), the loss, Adam and
-the accuracy bookkeeping. The timers add ~0.1 us per part; the total is
+epoch, after a warm-up epoch: the batch gather, each stage's forward and
+backward (a stage is a fused Dense -> ReLU -> Dropout block or a lone layer;
+their rows include the matrix products), the loss, Adam and the accuracy
+bookkeeping. The timers add ~0.1 us per part; the total is
 comparable with, not identical to, the fit epoch time.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 
 import numpy as np
 
 import nnscratch as nn
+from nnscratch import kernels
 
 
 def main() -> None:
     (x, y), _ = nn.load_fashion_mnist()
     y = y.astype(np.intp)
-    model = nn.Sequential(nn.Flatten(), nn.Dense(784, 256), nn.ReLU(), nn.Dropout(0.2),
-                          nn.Dense(256, 128), nn.ReLU(), nn.Dropout(0.2), nn.Dense(128, 10), seed=0)
+    hidden = [int(h) for h in sys.argv[1:]] or [256, 128]
+    layers, width = [nn.Flatten()], 784
+    for units in hidden:
+        layers += [nn.Dense(width, units), nn.ReLU(), nn.Dropout(0.2)]
+        width = units
+    model = nn.Sequential(*layers, nn.Dense(width, 10), seed=0)
     optimizer = nn.Adam(model.parameters())
     nn.Trainer(model, x, y, optimizer=optimizer, epochs=1, verbose=0).run()  # warm-up
     clock, spent = time.perf_counter, defaultdict(float)
     perm = np.random.default_rng(0).permutation(len(x))
-    yb, pred = np.empty(128, np.intp), np.empty(128, np.intp)
+    yb = np.empty(128, np.intp)
     steps = len(x) // 128
     for step in range(steps):
         idx = perm[step * 128:(step + 1) * 128]
@@ -54,8 +62,7 @@ def main() -> None:
         optimizer.step()
         spent["Adam (all parameters)"] += clock() - t
         t = clock()
-        np.argmax(h, axis=1, out=pred)
-        int(np.count_nonzero(pred == yb))
+        kernels.count_correct(h, yb)
         spent["accuracy bookkeeping"] += clock() - t
     total = sum(spent.values())
     for name, seconds in spent.items():

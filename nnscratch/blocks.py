@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .layers import Dense, Dropout, Layer, ReLU
+from .layers import Dense, Dropout, Layer, ReLU, reuse_buffer
 
 
 class DenseReLU:
@@ -37,16 +37,13 @@ class DenseReLU:
     def __init__(self, dense: Dense, relu: ReLU, dropout: Dropout | None = None) -> None:
         self.dense, self.relu, self.dropout = dense, relu, dropout
         self.layers: tuple[Layer, ...] = (dense, relu) + ((dropout,) if dropout else ())
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers: dict = {}
         self._x: np.ndarray | None = None
         self._y: np.ndarray | None = None  # the output: where it is > 0, d y / d(z + b) = scale
         self._scale = np.float32(1.0)      # 1/(1-p) after a forward with dropout, else 1
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._buffers[name] = np.empty(shape, dtype)
-        return buf
+        return reuse_buffer(self._buffers, name, shape, dtype)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         dense, dropout = self.dense, self.dropout

@@ -26,6 +26,22 @@ from numpy.typing import DTypeLike
 from . import kernels
 
 
+def reuse_buffer(store: dict, name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
+    """An array of this name, shape and dtype from ``store``, made on first use.
+
+    Keyed by shape too, so an epoch's full batches and its shorter last batch
+    each keep their own arrays and nothing is allocated in steady state. A
+    store that has seen many shapes (predicting on ever new batch sizes) is
+    emptied rather than left to grow."""
+    key = (name, tuple(shape), np.dtype(dtype))
+    buf = store.get(key)
+    if buf is None:
+        if len(store) >= 32:
+            store.clear()
+        buf = store[key] = np.empty(shape, dtype)
+    return buf
+
+
 class Layer(ABC):
     """Base class: train/eval flag, parameter dicts and the output buffers."""
 
@@ -35,15 +51,12 @@ class Layer(ABC):
         self.training = True
         # None: allocate every output afresh. A dict: reuse one array per name
         # and shape (set by Sequential, which knows when an output is consumed).
-        self._buffers: dict[str, np.ndarray] | None = None
+        self._buffers: dict | None = None
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         if self._buffers is None:
             return np.empty(shape, dtype)
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._buffers[name] = np.empty(shape, dtype)
-        return buf
+        return reuse_buffer(self._buffers, name, shape, dtype)
 
     def train(self, mode: bool = True) -> Layer:
         self.training = mode

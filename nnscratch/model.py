@@ -12,7 +12,7 @@ from numpy.typing import DTypeLike
 from . import kernels
 from .blocks import DenseReLU
 from .blocks import fuse as fuse_layers
-from .layers import Dense, Dropout, Layer
+from .layers import Dense, Dropout, Layer, reuse_buffer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Adam, Parameter
 
@@ -69,7 +69,7 @@ class Sequential:
         self.loss.reuse_buffer = True
         self.training = True
         self.class_names: list[str] | None = None  # set by nnscratch.load
-        self._batch: np.ndarray | None = None
+        self._batches: dict = {}  # gathered input batches, reused (see reuse_buffer)
 
     # ---- modes and parameters -------------------------------------------------
     def train(self, mode: bool = True) -> Sequential:
@@ -182,12 +182,10 @@ class Sequential:
         """Gather rows ``idx`` of ``x`` into a reused buffer of the model dtype,
         scaling uint8 pixels by 1/255 on the way (so data can stay uint8)."""
         flat = x.reshape(len(x), -1)
-        shape = (len(idx), flat.shape[1])
-        if self._batch is None or self._batch.shape != shape:
-            self._batch = np.empty(shape, self.dtype)
+        batch = reuse_buffer(self._batches, "batch", (len(idx), flat.shape[1]), self.dtype)
         scale = self.dtype.type(1 / 255 if x.dtype == np.uint8 else 1)
-        kernels.gather_scale(flat, idx, scale, self._batch)
-        return self._batch.reshape((len(idx),) + x.shape[1:])
+        kernels.gather_scale(flat, idx, scale, batch)
+        return batch.reshape((len(idx),) + x.shape[1:])
 
     # ---- Keras-style convenience ----------------------------------------------
     def fit(self, x: np.ndarray, y: np.ndarray, *, optimizer: Adam | None = None,

@@ -15,6 +15,7 @@ from nnscratch import (
     Flatten,
     ReLU,
     Sequential,
+    Trainer,
     TrainingDiverged,
 )
 
@@ -480,3 +481,20 @@ def test_fitting_again_after_a_cosine_schedule_starts_from_the_initial_lr():
     hist = model.fit(x, y, optimizer=opt, epochs=1, batch_size=50, verbose=0)
     assert hist["lr"] == [0.01]
     assert any(not np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_training_steps_reuse_their_buffers_across_epochs_with_a_short_last_batch():
+    # 100 samples in batches of 32: three full batches and one of 4 per epoch.
+    x, y = blobs(n=100)
+    model = blob_model(dropout=0.2)
+
+    def buffer_ids():
+        stores = [model._batches] + [s._buffers for s in model._stages]
+        return {id(a) for store in stores for a in store.values()}
+
+    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
+    trainer.run()
+    before = buffer_ids()
+    trainer.epochs = 3
+    trainer.run()
+    assert buffer_ids() == before and len(before) > 4
