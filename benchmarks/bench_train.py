@@ -5,7 +5,9 @@
     python benchmarks/bench_train.py --json benchmarks/results.json
 
 In one run it measures, each in a fresh subprocess on the real Fashion-MNIST
-training images (so thread pools of one framework cannot slow another):
+training images (so thread pools of one framework cannot slow another), and
+each in three rounds (``--rounds``) in rotating order, pooling epochs 2..N of
+every round:
 
 * the GEMM floor: only the matrix multiplies of each training step, for exactly
   the reference shapes, into preallocated outputs (``peers.gemm_floor``);
@@ -141,6 +143,21 @@ def train_command(numba_cache: str, epochs: int) -> dict:
             "test_accuracy": metrics["test"]["accuracy"]}
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """One result from a peer's rounds: epoch 1 of the first round, then the
+    steady-state epochs (2..N) of every round, so ``median_epoch`` pools them."""
+    done = [r for r in runs if r["available"]]
+    if not done:
+        return runs[0]
+    merged = dict(done[0], rounds=len(done))
+    merged["epoch_times"] = done[0]["epoch_times"][:1] + [t for r in done for t in r["epoch_times"][1:]]
+    if "ratios" in merged:
+        merged["floor_epoch_times"] = [t for r in done for t in r["floor_epoch_times"]]
+        merged["ratios"] = [x for r in done for x in r["ratios"]]
+        merged["median_ratio"] = statistics.median(merged["ratios"])
+    return merged
+
+
 def format_results(results: list[dict]) -> str:
     lines = [peers.format_table([r for r in results if r["name"] != "paired"]), ""]
     for r in results:
@@ -172,8 +189,12 @@ def format_results(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per peer (median of 2..N)")
-    parser.add_argument("--quick", action="store_true", help="3 epochs, reference model only")
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="epochs per peer and round (epochs 2..N of every round are pooled)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run every peer this many times, in rotating order, so that each "
+                             "sees the machine's slow and fast spells alike")
+    parser.add_argument("--quick", action="store_true", help="3 epochs, 1 round, reference model only")
     parser.add_argument("--peers", default="torch_eager,sklearn_mlp,jax_scan,numpy_careful",
                         help="peers besides the floor and nnscratch (comma-separated)")
     parser.add_argument("--json", type=Path, help="also write every result as JSON")
@@ -185,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     epochs = 3 if args.quick else args.epochs
+    rounds = 1 if args.quick else args.rounds
     models = ["small"] if args.quick else ["small", "large"]
     others = [p for p in args.peers.split(",") if p]
     for warning in peers.blas_env_warnings() + peers.load_warnings():
@@ -196,12 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         plan = [("gemm_floor", None), ("nnscratch", None), ("paired", None),
                 ("nnscratch", dict(os.environ, NNSCRATCH_BACKEND="numpy"))]
         plan += [(name, None) for name in others]
-        for name, env in plan:
-            if model == "large" and (env is not None or name == "sklearn_mlp"):
-                continue  # the slowest ones run on the reference model only
-            print(f"running {name}{' (numpy twins)' if env else ''} on the {model} model...",
-                  flush=True)
-            results.append(run_isolated(name, model, epochs, env))
+        # The slowest ones run on the reference model only.
+        plan = [(name, env) for name, env in plan
+                if model == "small" or (env is None and name != "sklearn_mlp")]
+        runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
+        for r in range(rounds):
+            for i in list(range(r % len(plan), len(plan))) + list(range(r % len(plan))):
+                name, env = plan[i]
+                print(f"round {r + 1}/{rounds}: {name}{' (numpy twins)' if env else ''} "
+                      f"on the {model} model...", flush=True)
+                runs[i].append(run_isolated(name, model, epochs, env))
+        results += [merge_rounds(runs[i]) for i in range(len(plan))]
     print("\nrunning `nnscratch train --epochs 1` with an empty, then a warm Numba cache...")
     with tempfile.TemporaryDirectory() as cache:
         command = {"cold": train_command(cache, 1), "warm": train_command(cache, 1)}
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{command['warm']['peak_rss_mb']:.0f} MB (cold run {command['cold']['peak_rss_mb']:.0f} MB)")
     if args.json:
         args.json.write_text(json.dumps({"machine": peers.machine_info(), "blas": peers.blas_info(),
-                                         "epochs": epochs, "results": results,
+                                         "epochs": epochs, "rounds": rounds, "results": results,
                                          "train_command": command}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
