@@ -12,15 +12,18 @@ Fused:
     backward  dz = dy * s where y > 0, else 0;  db = sum_n dz   one pass
               dW = x^T @ dz,   dx = dz @ W^T              (BLAS)
 
-with s = 1/(1-p) (1 without dropout). Why y alone suffices for the backward:
+Shapes: x (N, in), W (in, out), b (out,), z, y, dy, dz (N, out), dx (N, in);
+s = 1/(1-p) (1 without dropout). Why y alone suffices for the backward:
 d y / d(z + b) is s where the unit was kept and z + b > 0, and 0 elsewhere, and
 those are exactly the places where y > 0. So the dropout mask is never stored.
 
 Same parameters, same dropout draws from the same generator: the results equal
-the layer-by-layer ones (``Sequential(fuse=False)`` runs those); tests hold them
-equal. The block writes into the Dense layer's own ``grads``, so optimizers
-and state dicts see no difference. It does not fill the layers' private
-caches: after a fused forward, call the block's ``backward``, not the layers'.
+the layer-by-layer ones bit for bit (``Sequential(fuse=False)`` runs those; tests
+hold them equal), as long as gradients are finite (where dy is inf at a dropped
+unit, the layers compute inf * 0 = nan and the block 0). The block writes into
+the Dense layer's own ``grads``, so optimizers and state dicts see no difference.
+It empties the layers' private caches instead of filling them: after a fused
+forward, call the block's (or the model's) ``backward``, not the layers'.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ class DenseReLU:
             kernels.bias_relu_forward(y, b, y)
             self._scale = y.dtype.type(1.0)
         self._x, self._y = x, y
+        # The layers' own caches would be stale now: empty them, so that calling
+        # a layer's backward directly fails clearly instead of using an old input.
+        self.dense._x, self.relu._y = None, None
+        if dropout is not None:
+            dropout._forwarded = False
         return y
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:

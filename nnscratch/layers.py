@@ -30,16 +30,23 @@ def reuse_buffer(store: dict, name: str, shape: tuple[int, ...], dtype: DTypeLik
     """An array of this name, shape and dtype from ``store``, made on first use.
 
     Keyed by shape too, so an epoch's full batches and its shorter last batch
-    each keep their own arrays and nothing is allocated in steady state. A
-    store that has seen many shapes (predicting on ever new batch sizes) is
-    emptied rather than left to grow."""
+    each keep their own arrays and nothing is allocated in steady state; a
+    third shape for the same name replaces the older of the two, so memory
+    stays bounded whatever batch sizes come."""
     key = (name, tuple(shape), np.dtype(dtype))
     buf = store.get(key)
     if buf is None:
-        if len(store) >= 32:
-            store.clear()
+        # At most two shapes per name (a full and a short batch): keep the newest other one.
+        for old in [k for k in store if k[0] == name][:-1]:
+            del store[old]
         buf = store[key] = np.empty(shape, dtype)
     return buf
+
+
+# A Sequential with fuse=True runs Dense -> ReLU [-> Dropout] as one block and
+# leaves these layers' own caches empty.
+_FUSED_HINT = (" (inside a Sequential built with fuse=True the model's forward runs fused "
+               "blocks, not this layer's forward; use fuse=False to call layers one by one)")
 
 
 class Layer(ABC):
@@ -154,7 +161,7 @@ class Dense(Layer):
         which saves the largest matrix product for a network's first layer)."""
         x, w = self._x, self.params["weight"]
         if x is None:
-            raise RuntimeError("Dense.backward called before forward")
+            raise RuntimeError("Dense.backward called before forward" + _FUSED_HINT)
         np.matmul(x.T, dy, out=self.grads["weight"])
         np.sum(dy, axis=0, out=self.grads["bias"])
         if not input_grad:
@@ -185,7 +192,7 @@ class ReLU(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._y is None:
-            raise RuntimeError("ReLU.backward called before forward")
+            raise RuntimeError("ReLU.backward called before forward" + _FUSED_HINT)
         dx = self._buffer("dx", self._y.shape, dy.dtype)
         kernels.relu_backward(np.ascontiguousarray(dy), self._y, dx)
         return dx
@@ -212,11 +219,13 @@ class Dropout(Layer):
         self.p = float(p)
         self.rng = np.random.default_rng(rng)
         self._mask: np.ndarray | None = None
+        self._forwarded = False  # backward needs a forward first, even in eval mode
 
     def config(self) -> dict[str, Any]:
         return {"type": "Dropout", "p": self.p}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self._forwarded = True
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
@@ -228,6 +237,8 @@ class Dropout(Layer):
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        if not self._forwarded:
+            raise RuntimeError("Dropout.backward called before forward" + _FUSED_HINT)
         if self._mask is None:  # eval mode or p == 0: the identity
             return dy
         dx = self._buffer("dx", dy.shape, dy.dtype)

@@ -48,6 +48,8 @@ class SoftmaxCrossEntropy:
         if labels.shape != (logits.shape[0],) or labels.dtype.kind not in "iu":
             raise ValueError(f"labels must be integers of shape ({logits.shape[0]},), "
                              f"got {labels.dtype} {labels.shape}")
+        if not labels.dtype.isnative:  # e.g. big-endian '>i8', which the kernels cannot read
+            labels = labels.astype(labels.dtype.newbyteorder("="))
         if logits.shape[0] == 0:
             raise ValueError("SoftmaxCrossEntropy: empty batch")
         dlogits = self._dlogits

@@ -30,8 +30,10 @@ class Sequential:
 
     ``fuse`` (default True) runs each Dense -> ReLU [-> Dropout] as one
     ``nnscratch.blocks.DenseReLU`` stage: the same computation in fewer passes
-    over memory. ``fuse=False`` calls every layer's own forward and backward,
-    the version to step through while reading ``layers.py``.
+    over memory, bit-identical for finite values. ``fuse=False`` calls every
+    layer's own forward and backward: the version to step through while
+    reading ``layers.py``, and the one to use to call a layer's backward
+    yourself after the model's forward, or to wrap a layer's methods.
     """
 
     def __init__(self, *layers: Layer, seed: int | np.random.Generator | None = None,
@@ -63,8 +65,10 @@ class Sequential:
                 layer.reset_parameters(self.rng)
             elif isinstance(layer, Dropout):
                 layer.rng = self.rng
-        # What forward and backward run: the layers, or fused blocks of them.
-        self._stages: list[Layer | DenseReLU] = fuse_layers(self.layers) if fuse else list(self.layers)
+        self.fuse = fuse
+        self._stages: list[Layer | DenseReLU] = []
+        self._stages_of: tuple[int, ...] = ()  # ids of the layers the stages were built from
+        self._current_stages()
         self.loss = SoftmaxCrossEntropy()
         self.loss.reuse_buffer = True
         self.training = True
@@ -126,15 +130,24 @@ class Sequential:
         return f"Sequential(\n{inner}\n)  # dtype={self.dtype}"
 
     # ---- forward and backward -------------------------------------------------
+    def _current_stages(self) -> list[Layer | DenseReLU]:
+        """What forward and backward run: the layers, or fused blocks of them,
+        rebuilt whenever ``self.layers`` has been changed."""
+        layer_ids = tuple(map(id, self.layers))
+        if layer_ids != self._stages_of:
+            self._stages = fuse_layers(self.layers) if self.fuse else list(self.layers)
+            self._stages_of = layer_ids
+        return self._stages
+
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        for stage in self._stages:
+        for stage in self._current_stages():
             x = stage.forward(x)
         return x
 
     def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
         # Below the lowest Dense layer only input gradients flow; skip them
         # (and that layer's dx product) when the caller does not want dx.
-        stages = self._stages
+        stages = self._current_stages()
         lowest = 0 if input_grad else next(
             i for i, stage in enumerate(stages) if isinstance(stage, (Dense, DenseReLU)))
         for i in range(len(stages) - 1, lowest - 1, -1):

@@ -104,3 +104,45 @@ def test_block_rejects_a_wrong_input_width():
     block = DenseReLU(Dense(3, 4, rng=0), ReLU())
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         block.forward(np.ones((2, 5), np.float32))
+
+
+def test_changing_model_layers_rebuilds_the_stages():
+    x, _ = _data()
+    for fuse_flag in (True, False):
+        model = Sequential(*_layers(p1=0.5), seed=1, dtype="float64", fuse=fuse_flag).eval()
+        before = model.forward(x)
+        model.layers[-1] = Dense(8, 3, rng=99, dtype=np.float64)
+        after = model.forward(x)
+        assert not np.allclose(before, after)
+        head = model.layers[-1]
+        expected = model.layers[-1].forward(model._stages[-2]._y if fuse_flag else
+                                            model.layers[-2]._y)
+        np.testing.assert_array_equal(after, expected)
+        assert model._stages[-1] is head
+        # Dropping the Dropout makes training-mode outputs deterministic again.
+        del model.layers[3]
+        model.train()
+        assert np.array_equal(model.forward(x), model.forward(x))
+
+
+def test_layer_backward_after_a_fused_forward_fails_clearly():
+    model = Sequential(*_layers(p1=0.5), seed=1)
+    x, _ = _data()
+    dense, relu, dropout = model.layers[1:4]
+    dense.forward(np.ones((2, 12), np.float32))  # a stale input from a direct call
+    model.forward(x)
+    for layer, dy in ((dense, np.ones((20, 16), np.float32)), (relu, np.ones((20, 16), np.float32)),
+                      (dropout, np.ones((20, 16), np.float32))):
+        with pytest.raises(RuntimeError, match="fuse=False"):
+            layer.backward(dy)
+
+
+def test_buffers_stay_bounded_whatever_the_batch_sizes():
+    model = Sequential(*_layers(), seed=0)
+    x, _ = _data(60)
+    for n in range(1, 40):
+        model.predict(x[:n], batch_size=n)
+    stores = [model._batches] + [s._buffers for s in model._stages if hasattr(s, "_buffers")]
+    for store in stores:
+        names = [k[0] for k in store]
+        assert all(names.count(name) <= 2 for name in names), store.keys()

@@ -246,3 +246,12 @@ def test_layer_train_and_eval_set_the_training_flag(layer):
     assert layer.train() is layer and layer.training is True
     layer.train(False)
     assert layer.training is False
+
+
+def test_dropout_backward_before_forward_raises_like_the_other_layers():
+    with pytest.raises(RuntimeError, match="before forward"):
+        Dropout(0.5, rng=0).backward(np.ones((2, 3)))
+    layer = Dropout(0.5, rng=0).eval()
+    dy = np.ones((2, 3))
+    layer.forward(dy)
+    assert layer.backward(dy) is dy  # eval mode: the identity

@@ -150,3 +150,11 @@ def test_empty_batch_raises_value_error():
 def test_backward_before_forward_raises():
     with pytest.raises(RuntimeError):
         SoftmaxCrossEntropy().backward()
+
+
+def test_big_endian_labels_work_and_bad_ones_give_a_value_error():
+    loss = SoftmaxCrossEntropy()
+    logits = np.zeros((3, 4), np.float32)
+    assert loss.forward(logits, np.array([0, 1, 3], ">i8")) == pytest.approx(np.log(4))
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        loss.forward(logits, np.array([0, 1, 5], ">i8"))

@@ -214,7 +214,7 @@ def gather_scale(src, idx, scale, out):
         # ask for row i + 4 while converting row i, overlapping their latencies.
         if i + _PREFETCH_ROWS < n:
             ahead = idx[i + _PREFETCH_ROWS]
-            for j in range(0, k, 64):
+            for j in range(0, k, max(1, 64 // src.itemsize)):  # one hint per 64-byte line
                 _prefetch(src, ahead, j)
         r = idx[i]
         for j in range(k):

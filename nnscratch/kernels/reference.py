@@ -60,17 +60,23 @@ def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np
 
 
 def bias_relu_forward(z: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = max(z + b, 0): Dense's bias and the ReLU after it in one pass (``out`` may be ``z``)."""
+    """out = max(z + b, 0): Dense's bias and the ReLU after it (``out`` may be ``z``).
+
+    Shapes: z, out (N, K); b (K,). Two NumPy passes here; one in the Numba twin.
+    """
     add_bias(z, b, out)
     relu_forward(out, out)
 
 
 def bias_relu_dropout_forward(z: np.ndarray, b: np.ndarray, key: int, p: float,
                               out: np.ndarray) -> None:
-    """Dense's bias, ReLU and inverted dropout in one pass (``out`` may be ``z``):
+    """Dense's bias, ReLU and inverted dropout (``out`` may be ``z``):
     out = max(z + b, 0) * mask, where ``mask`` is exactly the one
-    ``dropout_forward(..., key, p, ...)`` draws. The mask is not kept: the
-    backward only needs to know where out > 0 (see ``relu_bias_grad``).
+    ``dropout_forward(..., key, p, ...)`` draws. Shapes: z, out (N, K); b (K,).
+
+    The caller keeps no mask: the backward only needs to know where out > 0
+    (see ``relu_bias_grad``). This twin makes three passes and a temporary
+    mask; the Numba twin does it all in one pass without one.
     """
     add_bias(z, b, out)
     relu_forward(out, out)
@@ -79,7 +85,8 @@ def bias_relu_dropout_forward(z: np.ndarray, b: np.ndarray, key: int, p: float,
 
 def relu_bias_grad(dy: np.ndarray, y: np.ndarray, scale: float, dz: np.ndarray,
                    db: np.ndarray) -> None:
-    """Backward of bias + ReLU (+ inverted dropout) from the output y alone:
+    """Backward of bias + ReLU (+ inverted dropout) from the output y alone.
+    Shapes: dy, y, dz (N, K); db (K,).
 
         dz = dy * scale where y > 0, else 0        db = sum over the batch of dz
 
