@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -42,10 +43,12 @@ args = parser.parse_args()
 figure = Figure(figsize=(11, 6), dpi=100)
 FigureCanvasAgg(figure)
 axes = figure.add_subplot()
-for run in args.runs:
+palette = colormaps["tab20"] if len(args.runs) > 10 else colormaps["tab10"]  # no repeated colours
+for i, run in enumerate(args.runs):
     history, config = history_and_config(run)
     values = [100 * v for v in history["val_accuracy"]]
-    axes.plot(range(1, len(values) + 1), values, label=f"{label(config)}: best {max(values):.2f}%")
+    axes.plot(range(1, len(values) + 1), values, color=palette(i % palette.N),
+              label=f"{label(config)}: best {max(values):.2f}%")
 axes.set_xlabel("epoch")
 axes.set_ylabel("validation accuracy (%)")
 axes.set_ylim(86, 92)
