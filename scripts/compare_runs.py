@@ -51,7 +51,7 @@ for i, run in enumerate(args.runs):
               label=f"{label(config)}: best {max(values):.2f}%")
 axes.set_xlabel("epoch")
 axes.set_ylabel("validation accuracy (%)")
-axes.set_ylim(86, 92)
+axes.set_ylim(86, 92.5)
 axes.grid(alpha=0.3)
 axes.legend(fontsize=8, loc="lower right")
 axes.set_title("Validation accuracy per epoch of the recipes tried (5000 held-out training images)")
