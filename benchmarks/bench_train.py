@@ -43,12 +43,9 @@ import peers  # noqa: E402  (the sibling module, found through the line above)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, seed=0,
-                  x_test=None) -> dict:
-    """The reference work with nnscratch: Sequential + Trainer (what ``fit`` runs)."""
-    started = time.time()
+def reference_trainer(x, y, hidden, epochs, batch_size, seed):
+    """The benchmark's model (Dense/ReLU/Dropout per hidden width) in an nnscratch Trainer."""
     import nnscratch as nn
-    from nnscratch import kernels
 
     layers = [nn.Flatten()]
     width = peers.N_IN
@@ -57,9 +54,18 @@ def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, 
         width = units
     layers.append(nn.Dense(width, peers.N_OUT))
     model = nn.Sequential(*layers, seed=seed)
-    optimizer = nn.Adam(model.parameters(), lr=peers.LR)
-    trainer = nn.Trainer(model, x, y, optimizer=optimizer, epochs=epochs,
-                         batch_size=batch_size, verbose=0)
+    return nn.Trainer(model, x, y, optimizer=nn.Adam(model.parameters(), lr=peers.LR),
+                      epochs=epochs, batch_size=batch_size, verbose=0)
+
+
+def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, seed=0,
+                  x_test=None) -> dict:
+    """The reference work with nnscratch: Sequential + Trainer (what ``fit`` runs)."""
+    started = time.time()
+    from nnscratch import kernels
+
+    trainer = reference_trainer(x, y, hidden, epochs, batch_size, seed)
+    model = trainer.model
     history = trainer.run()
     infer = []
     for _ in range(2):
@@ -77,17 +83,7 @@ def paired_with_floor(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=1
     floor, ours, ...), so both see the same machine: on a shared VM whose speed
     drifts over minutes, the ratio of each pair is steadier than a ratio of
     medians taken minutes apart. Reports the median of the pairs' ratios."""
-    import nnscratch as nn
-
-    layers = [nn.Flatten()]
-    width = peers.N_IN
-    for units in hidden:
-        layers += [nn.Dense(width, units), nn.ReLU(), nn.Dropout(peers.DROPOUT)]
-        width = units
-    layers.append(nn.Dense(width, peers.N_OUT))
-    model = nn.Sequential(*layers, seed=seed)
-    trainer = nn.Trainer(model, x, y, optimizer=nn.Adam(model.parameters(), lr=peers.LR),
-                         epochs=1, batch_size=batch_size, verbose=0)
+    trainer = reference_trainer(x, y, hidden, 1, batch_size, seed)
     floor, ours = [], []
     for epoch in range(1, epochs + 1):
         floor += peers.gemm_floor(x, y, hidden=hidden, epochs=1, batch_size=batch_size)["epoch_times"]
