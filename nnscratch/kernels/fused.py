@@ -50,18 +50,24 @@ def relu_backward(dy, y, out):
         of[i] = df[i] if yf[i] > 0 else 0
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _keep_scale(key, position, threshold, scale):
+    """The dropout mask entry of flat ``position``: ``scale`` if the top 24 bits
+    of SplitMix64(key + (position + 1) * golden) reach ``threshold``, else 0."""
+    z = key + np.uint64(position + 1) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return scale if (z >> np.uint64(40)) >= threshold else scale - scale
+
+
 @njit(cache=True, error_model="numpy")
 def _dropout_forward(x, key, threshold, scale, mask, out):
     xf = x.reshape(-1)
     mf = mask.reshape(-1)
     of = out.reshape(-1)
-    zero = scale - scale
     for i in range(mf.size):
-        z = key + np.uint64(i + 1) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        z = z ^ (z >> np.uint64(31))
-        m = scale if (z >> np.uint64(40)) >= threshold else zero
+        m = _keep_scale(key, i, threshold, scale)
         mf[i] = m
         of[i] = xf[i] * m
 
@@ -87,12 +93,7 @@ def _bias_relu_dropout_forward(z, b, key, threshold, scale, out):
     zero = scale - scale
     for i in range(n):
         for j in range(k):
-            # The same hash of (key, flat position) as _dropout_forward.
-            h = key + np.uint64(i * k + j + 1) * _GOLDEN
-            h = (h ^ (h >> np.uint64(30))) * _MIX1
-            h = (h ^ (h >> np.uint64(27))) * _MIX2
-            h = h ^ (h >> np.uint64(31))
-            m = scale if (h >> np.uint64(40)) >= threshold else zero
+            m = _keep_scale(key, i * k + j, threshold, scale)  # the mask _dropout_forward draws
             v = z[i, j] + b[j]
             out[i, j] = (v if not (v <= 0) else zero) * m
 
