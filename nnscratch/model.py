@@ -172,9 +172,12 @@ class Sequential:
     __call__ = forward
 
     # ---- input handling -------------------------------------------------------
-    def check_input(self, x: Any, name: str = "x") -> np.ndarray:
+    def check_input(self, x: Any, name: str = "x", allow_empty: bool = False) -> np.ndarray:
         """Validate a batch of images: shape (N, in_features) or (N, ...) with
-        that many values per sample, uint8 or finite floats, N >= 1."""
+        that many values per sample, uint8 or finite floats, N >= 1 (N = 0 too
+        with ``allow_empty``). Floats other than native float32/float64
+        (float16, long double, big-endian) are converted to the model dtype,
+        since the kernels read only those two."""
         x = np.asarray(x)
         side = int(round(np.sqrt(self.in_features)))
         square = f" or (N, {side}, {side})" if side * side == self.in_features else ""
@@ -185,8 +188,11 @@ class Sequential:
             hint = " (for a single image, pass x[None])" if x.ndim >= 1 and \
                 x.size == self.in_features else ""
             raise ValueError(f"{name}: expected shape {expected}, got {x.shape}{hint}")
-        if len(x) == 0:
+        if len(x) == 0 and not allow_empty:
             raise ValueError(f"{name}: empty batch, shape {x.shape}")
+        if x.dtype.kind == "f" and (x.dtype not in (np.float32, np.float64)
+                                    or not x.dtype.isnative):
+            x = x.astype(self.dtype)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{name}: contains NaN or infinite values")
         return x
@@ -230,6 +236,7 @@ class Sequential:
         """Mean loss and accuracy on (x, y) in eval mode: ``{"loss", "accuracy"}``."""
         x = self.check_input(x)
         y = self._check_labels(y, len(x))
+        batch_size = positive_int("batch_size", batch_size)
         was_training = self.training
         self.eval()
         total_loss, correct = 0.0, 0
@@ -245,8 +252,9 @@ class Sequential:
 
     def predict(self, x: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities (N, num_classes) in eval mode, for images of shape
-        (N, 28, 28) or (N, 784), uint8 or float."""
-        x = self.check_input(x)
+        (N, 28, 28) or (N, 784), uint8 or float. N = 0 gives a (0, num_classes) array."""
+        x = self.check_input(x, allow_empty=True)
+        batch_size = positive_int("batch_size", batch_size)
         was_training = self.training
         self.eval()
         out = np.empty((len(x), self.num_classes), self.dtype)
@@ -266,3 +274,10 @@ class Sequential:
             raise ValueError(f"labels: expected values in 0..{self.num_classes - 1}, "
                              f"found {y.min()}..{y.max()}")
         return y.astype(np.intp, copy=False)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

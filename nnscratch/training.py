@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import kernels
-from .model import Sequential
+from .model import Sequential, positive_int
 from .optim import Adam
 from .progress import Progress
 from .schedules import Constant, WarmupCosine
@@ -24,12 +24,6 @@ class TrainingDiverged(RuntimeError):
 class TrainingInterrupted(Exception):
     """``Trainer.stop_requested`` was set; the trainer stopped between two steps
     and its ``state_dict()`` resumes exactly there."""
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class Trainer:
@@ -55,8 +49,8 @@ class Trainer:
         self.model = model
         self.x = model.check_input(x)
         self.y = model._check_labels(y, len(self.x))
-        self.epochs = _positive_int("epochs", epochs)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.epochs = positive_int("epochs", epochs)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.validation = None
         if validation_data is not None:
             vx, vy = validation_data

@@ -422,8 +422,6 @@ def test_predict_in_train_mode_is_deterministic():
 @pytest.mark.parametrize("x, fragment", [
     (np.zeros((3, 27, 27), np.uint8), "shape"),
     (np.zeros(784, np.uint8), "shape"),
-    (np.zeros((0, 28, 28), np.uint8), "empty"),
-    (np.zeros((0, 784), np.float32), "empty"),
     (np.full((2, 784), np.nan, np.float32), "NaN"),
     (np.array([[np.inf] * 784], np.float64), "NaN or infinite"),
     (np.zeros((2, 784), dtype=object), "dtype"),
@@ -438,6 +436,39 @@ def test_predict_rejects_bad_inputs_with_a_clear_message(x, fragment):
 def test_predict_error_for_a_single_unbatched_image_suggests_adding_a_batch_axis():
     with pytest.raises(ValueError, match=r"x\[None\]"):
         image_model().predict(np.zeros((28, 28), np.uint8))
+
+
+def test_predict_on_no_images_returns_no_rows_but_evaluate_and_fit_refuse():
+    model = image_model()
+    for x in (np.zeros((0, 28, 28), np.uint8), np.zeros((0, 784), np.float32)):
+        probs = model.predict(x)
+        assert probs.shape == (0, 10) and probs.dtype == np.float32
+        with pytest.raises(ValueError, match="empty"):
+            model.evaluate(x, np.zeros(0, np.int64))
+        with pytest.raises(ValueError, match="empty"):
+            model.fit(x, np.zeros(0, np.int64), verbose=0)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", np.float16, np.longdouble])
+def test_other_float_types_are_converted_not_failed_on(dtype):
+    """float16, long double and big-endian floats give what float32/float64 give."""
+    x, y = images(n=12)
+    model = image_model()
+    values = (x / 255).astype(dtype)
+    reference = values.astype(np.float64)
+    np.testing.assert_allclose(model.predict(values), model.predict(reference), rtol=1e-5, atol=1e-6)
+    assert model.evaluate(values, y)["accuracy"] == model.evaluate(reference, y)["accuracy"]
+    model.fit(values, y, epochs=1, batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8"])
+def test_predict_and_evaluate_reject_a_bad_batch_size(batch_size):
+    x, y = images(n=3)
+    model = image_model()
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.predict(x, batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.evaluate(x, y, batch_size=batch_size)
 
 
 def test_predict_nan_in_one_pixel_is_rejected():
