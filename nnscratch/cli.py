@@ -29,7 +29,7 @@ from . import __version__
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
-from .images import ImageError, load_image
+from .images import ImageError, load_image, looks_blank
 from .io import ModelFileError, load, save
 from .layers import Dense, Dropout, Flatten, ReLU
 from .model import Sequential
@@ -465,6 +465,11 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         top = np.argsort(probs)[::-1][:args.top]
         results.append({"file": str(path), "predictions": [
             {"class": names[k], "index": int(k), "probability": float(probs[k])} for k in top]})
+        if looks_blank(image):
+            warning = "the image looks blank (no item stands out from the background)"
+            results[-1]["warning"] = warning
+            if not args.json:
+                print(f"nnscratch predict: warning: {path}: {warning}", file=sys.stderr)
         if not args.json:
             print(f"{path}: " + ", ".join(f"{names[k]} {probs[k]:.3f}" for k in top))
     if args.json:

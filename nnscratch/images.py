@@ -18,6 +18,8 @@ import os
 import numpy as np
 
 SIDE = 28
+# Pictures are shrunk to this before any float work (bounded memory, same 28x28 result).
+MAX_SIDE = 1024
 
 
 class ImageError(ValueError):
@@ -25,21 +27,18 @@ class ImageError(ValueError):
 
 
 def read_grayscale(path: str | os.PathLike) -> np.ndarray:
-    """Pixels of an image file as float64 in [0, 1] (0 = black), shape (H, W)."""
+    """Pixels of an image file as float64 in [0, 1] (0 = black), shape (H, W),
+    upright as a viewer shows it, transparent pixels white, at most
+    ``MAX_SIDE`` pixels on the longer side."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            # JPEG can decode at 1/2, 1/4 or 1/8 size directly: far less memory
+            # for a phone photo, and we only need 28 pixels in the end.
+            img.draft("L", (MAX_SIDE, MAX_SIDE))
             img.load()
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            if img.mode.startswith("I;16") or img.mode == "I":
-                # 16-bit grayscale: convert("L") would clip everything above 255.
-                gray = np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0)
-            else:
-                gray = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+            gray = _grayscale(img)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -54,6 +53,52 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     if gray.ndim != 2 or min(gray.shape) < 1:
         raise ImageError(f"{path}: empty image")
     return gray
+
+
+def _grayscale(img) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    # Cameras store pixels as the sensor saw them and an EXIF tag saying how to
+    # turn them; a sideways coat would be classified as something else.
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        # 16-bit or float pixels: Pillow's 8-bit conversions would clip them.
+        raw = np.asarray(img)
+        gray = raw.astype(np.float64)
+        top = float(np.nanmax(gray, initial=0.0))
+        if img.mode == "F":  # floats: taken as 0-1 if they fit, else as 0-255
+            gray /= 1.0 if top <= 1.0 else 255.0
+        elif img.mode == "I":  # 32-bit integers: the smallest usual range they fit
+            gray /= 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        else:
+            gray /= 65535.0
+        gray = np.clip(np.nan_to_num(gray), 0.0, 1.0)
+        if "transparency" in img.info:  # one gray value marks the transparent pixels
+            gray[raw == img.info["transparency"]] = 1.0
+        return _shrink(gray)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    img = img.convert("L")
+    if max(img.size) > MAX_SIDE:  # shrink while still 1 byte a pixel
+        img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float64) / 255.0
+
+
+def _shrink(gray: np.ndarray) -> np.ndarray:
+    """Box-average a float image down to at most MAX_SIDE pixels a side."""
+    factor = -(-max(gray.shape) // MAX_SIDE)
+    if factor <= 1:
+        return gray
+    h, w = (-(-n // factor) * factor for n in gray.shape)
+    padded = np.pad(gray, ((0, h - gray.shape[0]), (0, w - gray.shape[1])), mode="edge")
+    return padded.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def looks_blank(image: np.ndarray) -> bool:
+    """True for a (28, 28) uint8 image with no item: under 10% contrast."""
+    return int(image.max()) - int(image.min()) < 26
 
 
 def _border(gray: np.ndarray) -> np.ndarray:

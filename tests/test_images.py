@@ -1,0 +1,93 @@
+"""Reading a user's picture: orientation, bit depth, transparency, size.
+
+All images are made here with Pillow; no model is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnscratch.images import MAX_SIDE, load_image, looks_blank, read_grayscale
+
+
+def _item(h: int = 40, w: int = 24) -> np.ndarray:
+    """A light, asymmetric item on black: taller than wide, brighter at the top."""
+    img = np.zeros((h, w), np.uint8)
+    img[4:h - 4, 6:w - 6] = np.linspace(250, 90, h - 8, dtype=np.uint8)[:, None]
+    return img
+
+
+def _with_orientation(pixels: np.ndarray, orientation: int, path: Path, **save) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # the EXIF Orientation tag
+    Image.fromarray(pixels).save(path, exif=exif, **save)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    upright = _item()
+    # Orientation 6: the viewer turns the stored pixels 90 degrees clockwise,
+    # so a camera held upright stores them turned counter-clockwise.
+    stored = np.rot90(upright)
+    _with_orientation(stored, 6, tmp_path / "turned.png")
+    assert np.array_equal(read_grayscale(tmp_path / "turned.png"), upright / 255.0)
+    # The same as a phone's JPEG (lossy, so compared loosely).
+    _with_orientation(stored, 6, tmp_path / "turned.jpg", quality=95)
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=95)
+    turned, plain = read_grayscale(tmp_path / "turned.jpg"), read_grayscale(tmp_path / "upright.jpg")
+    assert turned.shape == plain.shape == upright.shape
+    assert np.abs(turned - plain).mean() < 0.02
+
+
+def test_16_bit_grayscale_with_transparency_is_not_clipped(tmp_path: Path) -> None:
+    pixels = _item().astype(np.uint16) * 257
+    pixels[0, 0] = 12345  # the transparent value, used by one pixel
+    Image.fromarray(pixels).save(tmp_path / "deep.png", transparency=12345)
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I") and "transparency" in img.info
+    expected = pixels / 65535.0
+    expected[0, 0] = 1.0  # transparent counts as white
+    np.testing.assert_allclose(read_grayscale(tmp_path / "deep.png"), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1 / 255, 1.0])
+def test_float_tiff_in_either_range(tmp_path: Path, scale: float) -> None:
+    pixels = _item()
+    Image.fromarray(pixels.astype(np.float32) * np.float32(scale)).save(tmp_path / "f.tif")
+    with Image.open(tmp_path / "f.tif") as img:
+        assert img.mode == "F"
+    np.testing.assert_allclose(read_grayscale(tmp_path / "f.tif"), pixels / 255.0, atol=1e-6)
+
+
+def test_32_bit_integer_tiff_with_8_bit_values(tmp_path: Path) -> None:
+    pixels = _item()
+    Image.fromarray(pixels.astype(np.int32)).save(tmp_path / "i.tif")
+    with Image.open(tmp_path / "i.tif") as img:
+        assert img.mode == "I"
+    np.testing.assert_allclose(read_grayscale(tmp_path / "i.tif"), pixels / 255.0)
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16"])
+def test_huge_pictures_are_shrunk_before_float_work(tmp_path: Path, mode: str) -> None:
+    """A 3000x1800 picture gives the same 28x28 input as a 300x180 one, from
+    a float array of at most MAX_SIDE pixels a side (bounded memory)."""
+    small = np.array(Image.fromarray(_item(300, 180)))
+    big = np.array(Image.fromarray(small).resize((1800, 3000), Image.Resampling.NEAREST))
+    if mode == "I;16":
+        small, big = small.astype(np.uint16) * 257, big.astype(np.uint16) * 257
+    Image.fromarray(small).save(tmp_path / "small.png")
+    Image.fromarray(big).save(tmp_path / "big.png")
+    gray = read_grayscale(tmp_path / "big.png")
+    assert max(gray.shape) <= MAX_SIDE and gray.shape[0] > gray.shape[1]
+    a, b = load_image(tmp_path / "small.png"), load_image(tmp_path / "big.png")
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 4
+
+
+def test_blank_pictures_are_flagged(tmp_path: Path) -> None:
+    for name, value in (("white.png", 255), ("black.png", 0), ("grey.png", 128)):
+        Image.fromarray(np.full((50, 60), value, np.uint8)).save(tmp_path / name)
+        assert looks_blank(load_image(tmp_path / name))
+    Image.fromarray(_item()).save(tmp_path / "item.png")
+    assert not looks_blank(load_image(tmp_path / "item.png"))
