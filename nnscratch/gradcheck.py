@@ -14,8 +14,10 @@ the mean softmax cross-entropy of its logits. For each checked entry w:
     numeric  = (L(w + h) - L(w - h)) / (2h)
     rel_err  = |analytic - numeric| / max(|analytic| + |numeric|, tiny)
 
-Dropout is checked with a fixed mask: the state of every generator the module
-uses is restored before each forward, so every evaluation draws the same mask.
+Dropout is checked with a fixed mask: the state of every numpy Generator held
+as an attribute of the module or of its layers (Dropout's ``rng``, or a custom
+layer's own) is restored before each forward, so every evaluation draws the
+same mask.
 Kinks (ReLU at 0) are detected, not guessed: on a smooth function the
 central differences with steps h and h/2 agree to O(h^2), and the gap between
 the one-sided slopes shrinks with h. Where either fails, L is not
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import Dropout, Layer
+from .layers import Layer
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 
@@ -80,6 +82,12 @@ class GradcheckResult:
                          f"{'ok' if c.passed else 'FAIL'}")
         lines.append(f"{'PASSED' if self.passed else 'FAILED'}: max relative error "
                      f"{self.max_rel_error:.2e} (tolerance {self.tol:.0e})")
+        unchecked = [c.name for c in self.checks if c.checked == 0 and c.skipped_kinks]
+        if unchecked:
+            lines.append(f"no entry of {', '.join(unchecked)} could be checked: each looked like a "
+                         f"kink, which is what a forward that changes between identical calls "
+                         f"looks like (randomness from a source other than a numpy Generator "
+                         f"attribute of the module, which gradcheck resets before every call)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -87,10 +95,14 @@ class GradcheckResult:
 
 
 def _generators(module: Layer | Sequential) -> list[np.random.Generator]:
+    """Every numpy Generator held by the module or its layers, whatever the
+    attribute is called (Dropout's ``rng``, a custom layer's own)."""
     layers = module.layers if isinstance(module, Sequential) else [module]
-    found = {id(layer.rng): layer.rng for layer in layers if isinstance(layer, Dropout)}
-    if isinstance(module, Sequential):
-        found[id(module.rng)] = module.rng
+    found: dict[int, np.random.Generator] = {}
+    for owner in [module, *layers]:
+        for value in vars(owner).values():
+            if isinstance(value, np.random.Generator):
+                found[id(value)] = value
     return list(found.values())
 
 
@@ -168,19 +180,21 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
 def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Callable[[], float],
                   h: float, tol: float, tiny: float, max_entries: int | None,
                   rng: np.random.Generator) -> ParamCheck:
-    flat = value.reshape(-1)  # a view: perturbing it perturbs the tensor in place
-    entries: Any = np.arange(flat.size)
-    if max_entries is not None and flat.size > max_entries:
-        entries = np.sort(rng.choice(flat.size, max_entries, replace=False))
+    entries: Any = np.arange(value.size)
+    if max_entries is not None and value.size > max_entries:
+        entries = np.sort(rng.choice(value.size, max_entries, replace=False))
     worst = (0.0, None, 0.0, 0.0)
     kinks = 0
     for i in entries:
-        original = flat[i]
+        # Index the tensor itself (not a reshape, which copies a non-contiguous
+        # array) so the perturbation reaches the module whatever its layout.
+        at = np.unravel_index(i, value.shape)
+        original = value[at]
         values = []
         for offset in (0, h, -h, h / 2, -h / 2):
-            flat[i] = original + offset
+            value[at] = original + offset
             values.append(objective())
-        flat[i] = original
+        value[at] = original
         f0, f_plus, f_minus, f_half_plus, f_half_minus = values
         # Rounding in float64 alone makes a difference quotient uncertain by
         # about eps |f| / h; errors below that say nothing about the gradient.
@@ -196,10 +210,10 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
                 or (abs(gap) > 8 * noise and abs(gap_half) > 0.75 * abs(gap)):
             kinks += 1
             continue
-        a = float(grad.reshape(-1)[i])
+        a = float(grad[at])
         rel = abs(a - numeric) / max(abs(a) + abs(numeric), tiny, noise / tol)
         if rel >= worst[0]:
-            worst = (rel, tuple(int(j) for j in np.unravel_index(i, value.shape)), a, numeric)
+            worst = (rel, tuple(int(j) for j in at), a, numeric)
     checked = len(entries) - kinks
     return ParamCheck(name, value.shape, checked, kinks, worst[0], worst[1], worst[2], worst[3],
                       passed=worst[0] <= tol and checked > 0)

@@ -10,6 +10,7 @@ from nnscratch import (
     Dense,
     Dropout,
     GradcheckResult,
+    Layer,
     ReLU,
     Sequential,
     SoftmaxCrossEntropy,
@@ -270,3 +271,68 @@ def test_gradcheck_skips_or_passes_a_kink_hit_by_one_sample():
     result = gradcheck(model, x, labels=y)
     check = {c.name: c for c in result.checks}["layers.2.bias"]
     assert check.max_rel_error <= TOL or check.skipped_kinks == 2, result.report()
+
+
+# ---- custom layers, as a test writer builds them ------------------------------------------
+class Scale(Layer):
+    """y = x * w elementwise, with w stored in whatever memory layout it is given."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        super().__init__()
+        self.params["weight"] = weight
+        self.grads["weight"] = np.zeros_like(weight)
+
+    def forward(self, x):
+        self.x = x
+        return x * self.params["weight"]
+
+    def backward(self, dy):
+        self.grads["weight"][...] = dy * self.x
+        return dy * self.params["weight"]
+
+
+class MultiplicativeNoise(Layer):
+    """y = x * (1 + 0.5 e), e ~ N(0, 1) drawn from the layer's own generator."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.noise_source = np.random.default_rng(seed)
+
+    def forward(self, x):
+        self.factor = 1 + 0.5 * self.noise_source.standard_normal(x.shape)
+        return x * self.factor
+
+    def backward(self, dy):
+        return dy * self.factor
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_gradcheck_perturbs_parameters_of_any_memory_layout(layout):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((4, 10))
+    weight = {"C": base.copy(), "F": np.asfortranarray(base), "strided": base[:, 1:6]}[layout]
+    x = rng.standard_normal(weight.shape)
+    result = gradcheck(Scale(weight), x)
+    assert result.passed, result.report()
+    assert all(c.checked == c.shape[0] * c.shape[1] for c in result.checks)
+
+
+def test_gradcheck_fixes_the_randomness_of_a_custom_layers_own_generator():
+    x = np.random.default_rng(1).standard_normal((3, 5))
+    result = gradcheck(MultiplicativeNoise(seed=7), x)
+    assert result.passed and result.checks[0].checked == 15, result.report()
+    model = Sequential(Dense(5, 4, dtype=np.float64), MultiplicativeNoise(seed=7),
+                       Dense(4, 3, dtype=np.float64), seed=0, dtype="float64")
+    result = gradcheck(model, x, labels=np.array([0, 2, 1]))
+    assert result.passed, result.report()
+
+
+def test_gradcheck_explains_a_forward_that_is_random_between_calls():
+    class UncontrolledNoise(MultiplicativeNoise):
+        def forward(self, x):  # a fresh generator every call: nothing gradcheck can reset
+            self.noise_source = np.random.default_rng()
+            return super().forward(x)
+
+    result = gradcheck(UncontrolledNoise(seed=0), np.ones((2, 3)))
+    assert not result.passed
+    assert "could be checked" in result.report() and "input" in result.report().splitlines()[-1]
