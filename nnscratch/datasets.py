@@ -21,7 +21,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import time
 import urllib.request
 import warnings
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from .atomic import atomic_write
 
 __all__ = [
     "CLASS_NAMES",
@@ -304,12 +305,13 @@ def _download(cache_dir: Path, searched: list[Path], log: Log) -> dict[str, Path
                 continue
             url = f"{BASE_URL.rstrip('/')}/{name}.gz"
             log(f"downloading {url}")
-            _atomic_write(
+            atomic_write(
                 cache_dir / f"{name}.gz",
                 lambda f, url=url: _fetch(url, f),
                 check=lambda tmp, name=name: read_idx_file(
                     tmp, expect_magic=_MAGIC[name], sha256=SHA256[name]
                 ),
+                keep_suffix=True,  # read_idx_file tells .gz by the name
             )
     except DataError as exc:
         raise DataError(
@@ -326,32 +328,6 @@ def _fetch(url: str, out: BinaryIO) -> None:
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
         while chunk := response.read(1 << 20):
             out.write(chunk)
-
-
-def _atomic_write(
-    path: Path,
-    write: Callable[[BinaryIO], object],
-    check: Callable[[Path], object] | None = None,
-) -> None:
-    """Write via a temp file in the same directory, then rename over ``path``.
-
-    Readers never see a partial file, and on any failure (including ``check``
-    rejecting the result) the temp file is removed.  The temp name keeps the
-    final suffix so ``check`` can tell a ``.gz`` file from a raw one.
-    """
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- verification -------------------------------------------------------------
@@ -446,10 +422,10 @@ def _write_array_cache(fingerprint: Fingerprint, arrays: dict[str, np.ndarray], 
         # a complete set of .npy files.
         (cache_dir / MANIFEST_NAME).unlink(missing_ok=True)
         for name, array in arrays.items():
-            _atomic_write(
+            atomic_write(
                 cache_dir / f"{name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False)
             )
-        _atomic_write(
+        atomic_write(
             cache_dir / MANIFEST_NAME, lambda f: f.write(json.dumps(manifest, indent=1).encode())
         )
     except OSError as exc:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .layers import LAYER_TYPES
 from .model import Sequential
 
@@ -67,43 +67,17 @@ def sha256_of(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # ---- writing -----------------------------------------------------------------------
 def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      meta: dict[str, Any]) -> None:
     """Write ``arrays`` plus ``meta`` (with an ``arrays`` table of shapes,
     dtypes and hashes added) to ``path`` atomically."""
-    path = Path(path)
     meta = dict(meta, arrays={name: {"shape": list(a.shape), "dtype": str(a.dtype),
                                      "sha256": sha256_of(a)} for name, a in arrays.items()})
     entries = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     entries[META_KEY] = np.array(json.dumps(meta))
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        # Writing through an open handle stops NumPy from appending ".npz".
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **entries)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    # Writing through an open handle stops NumPy from appending ".npz".
+    atomic_write(path, lambda handle: np.savez(handle, **entries), durable=True)
 
 
 # ---- reading -----------------------------------------------------------------------
@@ -177,7 +151,7 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, format_name: str,
         raise ModelFileError(path, f"{META_KEY} must be a JSON object")
     if meta.get("format") != format_name:
         raise ModelFileError(path, f"format is {meta.get('format')!r}, expected {format_name!r}")
-    if meta.get("version") != FORMAT_VERSION:
+    if type(meta.get("version")) is not int or meta["version"] != FORMAT_VERSION:
         raise ModelFileError(path, f"format version {meta.get('version')!r} is not supported "
                                    f"(this nnscratch reads version {FORMAT_VERSION})")
     problems: list[str] = []
@@ -310,6 +284,10 @@ def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[
     if class_names is None:
         class_names = getattr(model, "class_names", None) or [
             str(i) for i in range(model.num_classes)]
+    # Checked here, so that save never writes a file that load would reject.
+    if isinstance(class_names, (str, bytes)) or not all(
+            isinstance(name, str) for name in class_names):
+        raise TypeError(f"class_names must be a list of strings, got {class_names!r}")
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with "
                          f"{model.num_classes} outputs")
@@ -321,6 +299,9 @@ def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[
 
 def save(model: Sequential, path: str | os.PathLike, *, class_names: list[str] | None = None) -> None:
     """Save ``model`` to ``path`` (written exactly there, atomically)."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"save takes a Sequential, got {type(model).__name__}; "
+                        f"wrap a single layer as Sequential(layer)")
     atomic_write_npz(path, model.state_dict(), model_meta(model, class_names))
 
 

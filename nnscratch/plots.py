@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import ArrayLike
 
+from .atomic import atomic_write
 from .metrics import _as_labels
 
 __all__ = ["plot_confusion_matrix", "plot_misclassified", "plot_training_curves"]
@@ -42,22 +42,10 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` as PNG via a temporary sibling and ``os.replace``,
-    so readers never see a half-written file."""
+    """Write ``fig`` to ``path`` as PNG, atomically (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never clobber another file; mode 0o666 lets the umask decide, as
-    # for any ordinary file (mkstemp would force 0o600 on a picture).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
 def _labels(values: ArrayLike, name: str) -> np.ndarray:

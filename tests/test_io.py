@@ -74,6 +74,33 @@ def test_class_names_count_must_match_outputs_when_saving(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("names", [list(range(10)), [None] * 10, "abcdefghij"],
+                         ids=["ints", "None", "one string"])
+def test_class_names_must_be_strings_when_saving_so_load_never_rejects_them(
+        tmp_path: Path, names) -> None:
+    model = Sequential(Dense(4, 10), seed=0)
+    with pytest.raises(TypeError, match="class_names must be a list of strings"):
+        save(model, tmp_path / "m.npz", class_names=names)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_of_a_lone_layer_says_to_wrap_it(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"Sequential\(layer\)"):
+        save(Dense(3, 2), tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["missing/sub/m.npz", "a_file/m.npz", ""])
+def test_save_errors_name_the_target_not_a_temporary_file(tmp_path: Path, where: str) -> None:
+    (tmp_path / "a_file").write_text("not a directory")
+    target = str(tmp_path / where) if where else ""
+    with pytest.raises(OSError) as info:
+        save(helpers.small_model(), target)
+    assert info.value.filename == target, info.value
+    assert ".tmp" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_file_is_readable_with_numpy_alone(tmp_path: Path) -> None:
     model, _ = helpers.trained_small_model("float32")
     path = tmp_path / "model.npz"
@@ -151,11 +178,12 @@ def test_failure_of_the_rename_leaves_previous_file_and_no_temp_file(
     path, data, expected, probe = _save_original(tmp_path)
 
     def failing_replace(src, dst):
-        raise PermissionError(13, "Permission denied")
+        raise PermissionError(13, "Permission denied", src, None, dst)  # as os.replace does
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionError) as info:
         save(helpers.small_model(seed=99), path)
+    assert info.value.filename == str(path)
     monkeypatch.undo()
     _assert_previous_file_intact(path, data, expected, probe)
 
