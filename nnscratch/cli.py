@@ -64,6 +64,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def shift_pixels(text: str) -> int:
+    # Beyond 13 pixels (half the image) the item can leave the 28x28 frame entirely.
+    value = int(text)
+    if not 0 <= value <= 13:
+        raise ValueError
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not (value > 0 and np.isfinite(value)):
@@ -93,6 +101,7 @@ def probability(text: str) -> float:
 
 
 for _f, _name in ((positive_int, "positive integer"), (non_negative_int, "integer >= 0"),
+                  (shift_pixels, "shift of 0 to 13 pixels"),
                   (positive_float, "positive number"), (non_negative_float, "number >= 0"),
                   (drop_probability, "probability in [0, 1)"), (probability, "probability in [0, 1]")):
     _f.__name__ = _name  # argparse names the type in its error message
@@ -104,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "built with nnscratch.")
     parser.add_argument("--version", action="version", version=f"nnscratch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # main() hands each command its own parser, so usage errors show its usage.
+    parser.commands = sub.choices
 
     t = sub.add_parser("train", help="train a classifier and write model, metrics and plots",
                        description="Train an MLP on Fashion-MNIST. Holds out a seeded validation "
@@ -126,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--warmup-epochs", non_negative_float, "linear warm-up of the cosine schedule")
     t.add_argument("--augment", action="store_true", default=None,
                    help="random shifts and horizontal flips of training images")
-    option("--max-shift", non_negative_int, "largest shift in pixels with --augment")
+    option("--max-shift", shift_pixels, "largest shift in pixels with --augment, 0-13")
     option("--flip", probability, "flip probability with --augment")
     option("--val-size", positive_int, "validation images held out of the 60k")
     option("--seed", non_negative_int, "seed of the one generator: split, init, shuffling, dropout")
@@ -159,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command = parser.commands[args.command]
+    if unknown:  # argparse would report these with the top-level usage
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "train":
-            return cmd_train(args, parser)
+            return cmd_train(args, command)
         if args.command == "evaluate":
-            return cmd_evaluate(args, parser)
-        return cmd_predict(args, parser)
+            return cmd_evaluate(args, command)
+        return cmd_predict(args, command)
     except (CLIError, DataError, ModelFileError, OSError) as exc:
         print(f"nnscratch {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -210,7 +224,7 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
 CONFIG_CHECKS = {
     "epochs": positive_int, "batch_size": positive_int, "dropout": drop_probability,
     "lr": positive_float, "weight_decay": non_negative_float, "warmup_epochs": non_negative_float,
-    "max_shift": non_negative_int, "flip": probability, "val_size": positive_int,
+    "max_shift": shift_pixels, "flip": probability, "val_size": positive_int,
     "seed": non_negative_int,
 }
 
@@ -222,7 +236,7 @@ def _config_problems(config: dict[str, Any]) -> list[str]:
         if key not in config:
             continue
         value = config[key]
-        kinds = int if check in (positive_int, non_negative_int) else (int, float)
+        kinds = int if check in (positive_int, non_negative_int, shift_pixels) else (int, float)
         try:
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ValueError

@@ -215,7 +215,9 @@ def _one_line_failure(capsys: pytest.CaptureFixture, argv: list[str], command: s
         code = exc.code
     err = capsys.readouterr().err
     assert code in (1, 2), f"exit status {code}"
-    lines = [line for line in err.strip().splitlines() if not line.startswith("usage:")]
+    lines = err.strip().splitlines()
+    if lines[0].startswith("usage:"):  # a usage error: the command's usage, then one error line
+        lines = [line for line in lines if not line.startswith((" ", "usage:"))]
     assert len(lines) == 1, err
     assert lines[0].startswith(("nnscratch: error: ", f"nnscratch {command}: error: "))
     return lines[0]

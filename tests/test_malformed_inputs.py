@@ -209,6 +209,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
     "checkpoint format": (with_meta(format="nnscratch.checkpoint"), ["expected 'nnscratch.model'"]),
     "wrong version": (with_meta(version=2), ["format version 2 is not supported"]),
     "version as string": (with_meta(version="1"), ["format version '1' is not supported"]),
+    "version as true": (with_meta(version=True), ["format version True is not supported"]),
+    "version as float": (with_meta(version=1.0), ["format version 1.0 is not supported"]),
     "dtype float16": (with_meta(dtype="float16"), ["dtype must be one of", "'float16'"]),
     "class_names not strings": (with_meta(class_names=[1, 2, 3]),
                                 ["class_names must be a list of strings"]),
@@ -612,6 +614,8 @@ USAGE_ERRORS = {
     "batch size 0": (["train", "--batch-size", "0"], ["--batch-size", "'0'"]),
     "hidden 0": (["train", "--hidden", "64", "0"], ["--hidden", "'0'"]),
     "flip 2": (["train", "--flip", "2"], ["--flip", "'2'"]),
+    "shift beyond half the image": (["train", "--augment", "--max-shift", "14"],
+                                    ["--max-shift", "0 to 13", "'14'"]),
     "val size 60000": (["train", "--val-size", "60000"], ["--val-size", "60000"]),
     "unknown schedule": (["train", "--schedule", "linear"], ["--schedule", "'linear'"]),
     "unknown option": (["train", "--epoch", "3", "--learning-rate", "0.1"], ["unrecognized arguments"]),
@@ -658,6 +662,9 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(
     assert len(errors) == 1, captured.err
     assert errors[0] == lines[-1] and errors[0].startswith("nnscratch")
     assert lines[0].startswith("usage: nnscratch")
+    if argv and argv[0] in ("train", "evaluate", "predict"):  # the command's own usage
+        assert lines[0].startswith(f"usage: nnscratch {argv[0]}"), lines[0]
+        assert errors[0].startswith(f"nnscratch {argv[0]}: error:"), errors[0]
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     assert not out.exists()
@@ -772,6 +779,25 @@ def test_cli_predict_answers_good_images_and_reports_each_bad_one(
         assert line.startswith(f"nnscratch predict: error: {path}: ")
     assert "no such file" in err_lines[1]
     assert "directory" in err_lines[4]
+
+
+def test_cli_predict_warns_about_a_blank_image_and_still_answers(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    model_path = tmp_path / "model.npz"
+    save(helpers.mnist_like_model(), model_path)
+    blank = tmp_path / "white.png"
+    Image.fromarray(np.full((40, 30), 255, np.uint8)).save(blank)
+    good = _png(tmp_path / "good.png")
+    assert cli.main(["predict", str(model_path), str(blank), str(good)]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(":")[0] for line in captured.out.strip().splitlines()] == [str(blank), str(good)]
+    assert captured.err.strip() == (f"nnscratch predict: warning: {blank}: the image looks blank "
+                                    "(no item stands out from the background)")
+    assert cli.main(["predict", str(model_path), str(blank), str(good), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert "blank" in results[0]["warning"] and "warning" not in results[1]
 
 
 def _decompression_bomb(path: Path, width: int = 20000, height: int = 10000) -> Path:
