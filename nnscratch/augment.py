@@ -32,8 +32,13 @@ class RandomShiftFlip:
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n = batch.shape[0]
         side = int(round(np.sqrt(batch[0].size)))
-        images = batch.reshape(n, side, side)
+        if side * side != batch[0].size:
+            raise ValueError(f"RandomShiftFlip needs square images, got {batch[0].size} values each")
         s = self.max_shift
+        if 2 * s >= side:  # the item could leave the frame entirely
+            raise ValueError(f"max_shift {s} is too large for {side}x{side} images: "
+                             f"use at most {(side - 1) // 2}")
+        images = batch.reshape(n, side, side)
         padded = np.zeros((n, side + 2 * s, side + 2 * s), batch.dtype)
         padded[:, s:s + side, s:s + side] = images
         dy, dx = rng.integers(0, 2 * s + 1, size=(2, n))
