@@ -246,7 +246,12 @@ def _locate(directory: Path) -> dict[str, Path]:
     found = {}
     for name in FILE_NAMES:
         for candidate in (directory / f"{name}.gz", directory / name):
-            if candidate.is_file():
+            try:
+                present = candidate.is_file()
+            except OSError as exc:  # e.g. a directory we may not search
+                raise DataError(f"{directory}: cannot look for the Fashion-MNIST files there "
+                                f"({exc.strerror or exc})") from None
+            if present:
                 found[name] = candidate
                 break
     return found
@@ -257,6 +262,9 @@ def _find_sources(
 ) -> dict[str, Path]:
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise DataError(f"{directory}: is a file; data_dir must be the directory holding "
+                            "the four Fashion-MNIST files")
         found = _locate(directory)
         missing = [name for name in FILE_NAMES if name not in found]
         if missing:
@@ -277,6 +285,13 @@ def _find_sources(
             log(f"using Fashion-MNIST files in {directory}")
             return found
         log(f"{directory}: {len(found)} of {len(FILE_NAMES)} files present, skipping")
+        if env_dir and directory == searched[0]:
+            # The user pointed us there on purpose: say why it was not used.
+            state = ("does not exist" if not directory.exists() else "is not a directory"
+                     if not directory.is_dir() else
+                     f"holds {len(found)} of the {len(FILE_NAMES)} Fashion-MNIST files")
+            warnings.warn(f"nnscratch: {ENV_VAR}={env_dir} {state}; looking in the other "
+                          "places instead", RuntimeWarning, stacklevel=3)
 
     if not download:
         raise _not_found_error(searched, "download=False, so nothing was downloaded")
@@ -397,6 +412,10 @@ def _load_array_cache(fingerprint: Fingerprint, log: Log) -> dict[str, np.ndarra
             array = np.load(cache_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             if array.dtype != np.uint8 or list(array.shape) != manifest["shapes"][name]:
                 log(f"cached {name}.npy has an unexpected shape or dtype; re-verifying")
+                return None
+            if "labels" in name and array.size and array.max() >= len(CLASS_NAMES):
+                # Cheap enough to check on every load (70k bytes), unlike a hash of the images.
+                log(f"cached {name}.npy holds labels outside 0..9; re-verifying")
                 return None
             arrays[name] = np.asarray(array)  # plain ndarray view, not np.memmap
     except FileNotFoundError:

@@ -297,7 +297,24 @@ def test_incomplete_env_directory_falls_through_to_debian_dir(isolated: Path, mo
     (isolated / "partial").mkdir()
     monkeypatch.setattr(datasets, "DEBIAN_DIR", isolated / "debian")
     monkeypatch.setenv("NNSCRATCH_DATA", str(isolated / "partial"))
-    assert_arrays_equal(load_fashion_mnist(download=False), arrays)
+    with pytest.warns(RuntimeWarning, match="holds 0 of the 4 Fashion-MNIST files"):
+        assert_arrays_equal(load_fashion_mnist(download=False), arrays)
+    monkeypatch.setenv("NNSCRATCH_DATA", str(isolated / "nowhere"))
+    with pytest.warns(RuntimeWarning, match="nowhere does not exist; looking in the other places"):
+        assert_arrays_equal(load_fashion_mnist(download=False), arrays)
+
+
+def test_data_dir_that_is_a_file_or_unsearchable_is_a_data_error(isolated: Path, monkeypatch):
+    (isolated / "file").write_text("not a directory")
+    with pytest.raises(DataError, match="is a file; data_dir must be the directory"):
+        load_fashion_mnist(isolated / "file")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", refuse)
+    with pytest.raises(DataError, match="cannot look for the Fashion-MNIST files there"):
+        load_fashion_mnist(isolated)
 
 
 def test_complete_but_bad_directory_is_an_error_not_skipped(isolated: Path, monkeypatch):
@@ -481,6 +498,19 @@ def test_damaged_array_cache_falls_back_to_verification(isolated: Path, monkeypa
     assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
     # ...and the cache was rewritten.
     assert np.load(cache / f"{TRAIN_IMAGES}.npy").shape == (12, 28, 28)
+
+
+def test_cached_labels_out_of_range_fall_back_to_verification(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    load_fashion_mnist(isolated / "data")
+    cached = user_cache(isolated) / datasets.ARRAY_CACHE_SUBDIR / f"{TRAIN_LABELS}.npy"
+    data = bytearray(cached.read_bytes())
+    data[-1] = 200  # the last label, edited in place: same size, same manifest
+    cached.write_bytes(bytes(data))
+    (_, y_train), _ = load_fashion_mnist(isolated / "data")
+    assert y_train.max() <= 9
+    assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
 
 
 def test_unwritable_cache_dir_still_loads_with_a_warning(isolated: Path, monkeypatch):
