@@ -11,8 +11,9 @@ format name ``nnscratch.checkpoint``. Arrays:
     perm                                     the current epoch's sample order (int64)
 
 and JSON metadata: the run's configuration, the architecture and dtype, the
-position (epoch, batch), running sums of the epoch in progress, the history,
-Adam's hyperparameters and step count, and the generator's state.
+position (epoch, batch, and the optimizer step the run started from), running
+sums of the epoch in progress, the history, Adam's hyperparameters and step
+count, and the generator's state.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def save_checkpoint(path: str | os.PathLike, trainer: Trainer, config: dict[str,
     meta = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": config,
             "architecture": trainer.model.config(), "dtype": str(trainer.model.dtype),
             "n_train": len(state["perm"]), "optimizer": optimizer, "best": best,
-            **{k: state[k] for k in ("epoch", "batch", "loss_sum", "correct", "seen",
-                                     "elapsed", "history", "rng_state")}}
+            **{k: state[k] for k in ("epoch", "batch", "first_step", "loss_sum", "correct",
+                                     "seen", "elapsed", "history", "rng_state")}}
     atomic_write_npz(path, arrays, meta)
 
 
@@ -60,6 +61,8 @@ def _expected_arrays(meta: dict[str, Any], problems: list[str]) -> dict[str, tup
     dtype = meta.get("dtype")
     if dtype not in FLOAT_DTYPES:
         problems.append(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    if "first_step" in meta and (type(meta["first_step"]) is not int or meta["first_step"] < 0):
+        problems.append(f"first_step must be an integer >= 0, got {meta['first_step']!r}")
     for key, kind in (("epoch", int), ("batch", int), ("n_train", int), ("seen", int),
                       ("correct", int), ("config", dict), ("history", dict),
                       ("optimizer", dict), ("rng_state", dict)):
@@ -97,6 +100,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         "model": strip("model."),
         "optimizer": dict(meta["optimizer"], m=strip("optimizer.m."), v=strip("optimizer.v.")),
         "perm": arrays["perm"], "best": best,
+        # Checkpoints older than this field were all of runs that started at step 0.
+        "first_step": meta.get("first_step", 0),
         **{k: meta[k] for k in ("epoch", "batch", "loss_sum", "correct", "seen",
                                 "elapsed", "history", "rng_state")},
     }

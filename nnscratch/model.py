@@ -221,7 +221,8 @@ class Sequential:
         given, replaces the model's generator for shuffling and dropout.
         ``lr_schedule`` is "constant", "cosine" (linear warm-up over
         ``warmup_epochs``, then cosine decay to 0 at the last step), or a
-        function of the 1-based step. ``restore_best`` keeps the weights of the
+        function of the 1-based step of this call (a reused optimizer's earlier
+        steps do not count), returning a learning rate >= 0. ``restore_best`` keeps the weights of the
         epoch with the best validation accuracy.
         """
         from .training import Trainer  # the loop lives in its own module

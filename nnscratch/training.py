@@ -63,6 +63,10 @@ class Trainer:
             model.set_rng(seed if isinstance(seed, np.random.Generator)
                           else np.random.default_rng(seed))
         self.optimizer = optimizer if optimizer is not None else Adam(model.parameters())
+        # Schedules count this run's steps: an optimizer reused from an earlier
+        # fit keeps its step count (Adam's bias correction needs it), but a new
+        # cosine schedule must start again from its beginning.
+        self.first_step = self.optimizer.step_count
         self.steps_per_epoch = math.ceil(len(self.x) / self.batch_size)
         self.schedule = self._make_schedule(lr_schedule, warmup_epochs)
         self.progress = Progress(self.epochs, self.steps_per_epoch, verbose, stream)
@@ -114,7 +118,13 @@ class Trainer:
         np.take(self.y, idx, out=yb)
         loss = model.loss.forward(logits, yb)
         model._backward(model.loss.backward(), input_grad=False)
-        self.optimizer.lr = self.schedule(self.optimizer.step_count + 1)
+        step = self.optimizer.step_count - self.first_step + 1
+        lr = self.schedule(step)
+        if not (isinstance(lr, (float, int, np.floating, np.integer)) and math.isfinite(lr)
+                and lr >= 0):
+            raise ValueError(f"lr_schedule returned {lr!r} for step {step}: a learning rate "
+                             "must be a finite number >= 0")
+        self.optimizer.lr = float(lr)
         self.optimizer.step()
         self.correct += kernels.count_correct(logits, yb)
         return loss
@@ -159,10 +169,15 @@ class Trainer:
 
     def _diverged(self, what: str) -> None:
         lr = self.optimizer.initial_lr
+        cause = f"The learning rate is probably too high for this model: try {lr / 10:.3g}."
+        if self.x.dtype.kind == "f" and (top := float(np.max(self.x))) > 2.0:
+            # The other usual cause: pixels 0-255 passed as floats, used as they are.
+            cause = (f"The training images are floats up to {top:.4g}, used as they are (only "
+                     "uint8 pixels are scaled by 1/255): divide them by 255 or pass the uint8 "
+                     f"pixels. Otherwise the learning rate may be too high: try {lr / 10:.3g}.")
         raise TrainingDiverged(
             f"{what} at epoch {self.epoch + 1}, step {self.batch + 1} (learning rate {lr:.3g}, "
-            f"{self.optimizer.lr:.3g} at this step of the schedule). The learning rate is "
-            f"probably too high for this model: try {lr / 10:.3g}.")
+            f"{self.optimizer.lr:.3g} at this step of the schedule). {cause}")
 
     def _finish_epoch(self) -> None:
         if not all(np.isfinite(p.value).all() for p in self.model.parameters()):
@@ -188,7 +203,8 @@ class Trainer:
         running sums, history, best weights, the generator's state, the
         optimizer and the model's weights."""
         return {
-            "epoch": self.epoch, "batch": self.batch, "perm": self.perm.copy(),
+            "epoch": self.epoch, "batch": self.batch, "first_step": self.first_step,
+            "perm": self.perm.copy(),
             "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
             "elapsed": self.elapsed,
             "history": {k: list(v) for k, v in self.history.items()},
@@ -207,6 +223,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.model.rng.bit_generator.state = state["rng_state"]
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.first_step = int(state.get("first_step", 0))
         self.perm = np.asarray(state["perm"], dtype=np.intp)
         self.loss_sum, self.correct = float(state["loss_sum"]), int(state["correct"])
         self.seen, self.elapsed = int(state["seen"]), float(state["elapsed"])

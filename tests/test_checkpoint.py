@@ -46,7 +46,7 @@ def make_config(**changes: Any) -> dict[str, Any]:
 
 
 class StoppingTrainer(Trainer):
-    """Requests a stop after optimizer step ``stop_at_step`` or at the end of
+    """Requests a stop after step ``stop_at_step`` of this run or at the end of
     epoch ``stop_at_epoch_end`` (1-based), the way a signal handler would."""
 
     stop_at_step: int | None = None
@@ -54,7 +54,7 @@ class StoppingTrainer(Trainer):
 
     def _step(self, idx: np.ndarray) -> float:
         loss = super()._step(idx)
-        if self.optimizer.step_count == self.stop_at_step:
+        if self.optimizer.step_count - self.first_step == self.stop_at_step:
             self.stop_requested = True
         return loss
 
@@ -67,6 +67,9 @@ def build(config: dict[str, Any], stop: tuple[str, int] | None = None) -> Stoppi
     layers.append(Dense(12, 3))
     model = Sequential(*layers, seed=rng, dtype=config["dtype"])
     optimizer = Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    if config.get("earlier_fit_epochs"):  # the optimizer arrives with steps already taken
+        model.fit(X, Y, optimizer=optimizer, epochs=config["earlier_fit_epochs"],
+                  batch_size=config["batch_size"], verbose=0)
 
     def on_epoch_end(trainer: StoppingTrainer) -> None:
         if trainer.epoch == trainer.stop_at_epoch_end:
@@ -107,7 +110,8 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
             {k: v for k, v in b["best"].items() if k != "weights"}
     assert np.array_equal(a["perm"], b["perm"])
     assert a["history"] == b["history"]
-    for key in ("epoch", "batch", "loss_sum", "correct", "seen", "rng_state", "epoch_times"):
+    for key in ("epoch", "batch", "first_step", "loss_sum", "correct", "seen", "rng_state",
+                "epoch_times"):
         assert a[key] == b[key], key
 
 
@@ -181,7 +185,8 @@ def test_resume_with_augmentation_and_dropout_is_bit_identical(
 
 
 @pytest.mark.parametrize("changes", [{"dtype": "float64"}, {"schedule": "constant", "lr": 0.003},
-                                     {"batch_size": 25, "weight_decay": 0.0}])
+                                     {"batch_size": 25, "weight_decay": 0.0},
+                                     {"earlier_fit_epochs": 2}])
 def test_resume_other_setups_bit_identical(tmp_path: Path, changes: dict) -> None:
     config = make_config(**changes)
     steps = -(-N_TRAIN // config["batch_size"])
@@ -338,3 +343,14 @@ def test_checkpoint_from_another_training_set_does_not_fit(tmp_path: Path) -> No
     other = Trainer(model, X[:50], Y[:50], epochs=EPOCHS, batch_size=BATCH, verbose=0)
     with pytest.raises(ValueError, match="100 training samples, this run has 50"):
         other.load_state_dict(meta["trainer_state"])
+
+
+def test_a_run_with_a_reused_optimizer_records_where_its_schedule_starts(tmp_path: Path) -> None:
+    config = make_config(earlier_fit_epochs=2)
+    trainer = build(config, ("step", 2 * STEPS + 3))
+    assert trainer.first_step == 2 * STEPS
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+    save_checkpoint(tmp_path / "c.npz", trainer, config)
+    _, meta = load_checkpoint(tmp_path / "c.npz")
+    assert meta["first_step"] == meta["trainer_state"]["first_step"] == 2 * STEPS

@@ -324,6 +324,38 @@ def test_callable_lr_schedule_receives_the_one_based_step():
     assert hist["lr"] == [pytest.approx(1e-3 / 4), pytest.approx(1e-3 / 8)]
 
 
+def test_each_fit_with_a_reused_optimizer_runs_its_own_schedule():
+    """A second fit with the same Adam starts its cosine schedule again (it used
+    to see steps past the end, lr 0, and train nothing); Adam's step count and
+    bias correction carry on."""
+    x, y = blobs(n=64)
+    model = blob_model(seed=0)
+    opt = Adam(model.parameters(), lr=0.01)
+    for fit in range(3):
+        before = model.state_dict()
+        hist = model.fit(x, y, optimizer=opt, epochs=2, batch_size=16, lr_schedule="cosine",
+                         warmup_epochs=0.5, verbose=0)
+        assert opt.step_count == 8 * (fit + 1)
+        assert hist["lr"] == [pytest.approx(0.01 * (1 + math.cos(math.pi * 2 / 6)) / 2), 0.0]
+        assert any(not np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+    seen = []
+    model.fit(x, y, optimizer=opt, epochs=1, batch_size=16, verbose=0,
+              lr_schedule=lambda step: seen.append(step) or 1e-3)
+    assert seen == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("lr", [-1e-3, float("nan"), float("inf"), None, "0.1"])
+def test_a_schedule_returning_a_bad_learning_rate_is_refused(lr):
+    x, y = blobs(n=32)
+    model = blob_model(seed=0)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"lr_schedule returned .* for step 1: a learning rate "
+                                         r"must be a finite number >= 0"):
+        model.fit(x, y, batch_size=16, lr_schedule=lambda step: lr, verbose=0)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_absurd_learning_rate_raises_training_diverged():
     x, y = images(n=256)
     model = Sequential(Flatten(), Dense(784, 32), ReLU(), Dense(32, 10), seed=0)
@@ -337,7 +369,15 @@ def test_non_finite_loss_raises_training_diverged_mentioning_the_learning_rate()
     model = blob_model()
     with pytest.raises(TrainingDiverged, match="learning rate"), np.errstate(all="ignore"):
         model.fit(x, y, epochs=2, batch_size=16, verbose=0,
-                  lr_schedule=lambda step: 1e-3 if step < 3 else float("inf"))
+                  lr_schedule=lambda step: 1e-3 if step < 3 else 1e30)
+
+
+def test_divergence_on_unscaled_float_pixels_says_so():
+    x, y = images(n=512)
+    model = Sequential(Flatten(), Dense(784, 64), ReLU(), Dense(64, 10), seed=0)
+    with pytest.raises(TrainingDiverged, match=r"floats up to 25\d, used as they are .* "
+                                               r"divide them by 255"), np.errstate(all="ignore"):
+        model.fit(x.astype(np.float32), y, epochs=3, lr_schedule=lambda step: 0.05, verbose=0)
 
 
 # ---- evaluate -----------------------------------------------------------------------
