@@ -205,18 +205,25 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
         if not ckpt.exists():
             parser.error(f"--resume {args.resume}: no checkpoint.npz there")
         out = args.out if args.out is not None else ckpt.parent
+        if out.resolve() != ckpt.parent.resolve():
+            _refuse_unusable_out(parser, out)
         return {}, out, ckpt
     config = dict(DEFAULTS, **given)
     if config["val_size"] >= 60000:
         parser.error("--val-size must leave training images: use fewer than 60000")
     out = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    _refuse_unusable_out(parser, out)
+    return config, out, None
+
+
+def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """A usage error for an --out below a file or holding another run (never overwritten)."""
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         parser.error(f"--out {out}: {existing} exists and is not a directory")
     if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
         parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
                      "or choose another --out")
-    return config, out, None
 
 
 # How each saved option is checked when a run is resumed (the same rules as the

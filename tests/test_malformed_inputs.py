@@ -686,6 +686,24 @@ def test_out_holding_a_run_is_refused_and_left_alone(
     assert (out / "model.npz").read_bytes() == data
 
 
+def test_resume_into_another_run_directory_is_refused_and_leaves_it_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    save(helpers.mnist_like_model(), other / "model.npz")
+    data = (other / "model.npz").read_bytes()
+    source = tmp_path / "interrupted"
+    source.mkdir()
+    (source / "checkpoint.npz").write_bytes(b"never read: --out is checked first")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--resume", str(source), "--out", str(other)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--out {other} already holds a run" in err
+    assert sorted(p.name for p in other.iterdir()) == ["model.npz"]
+    assert (other / "model.npz").read_bytes() == data
+
+
 def test_evaluate_with_a_malformed_model_is_a_one_line_error(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "model.npz"
