@@ -48,6 +48,11 @@ def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
+def _plain_texts(names: Sequence[object]) -> list[str]:
+    """Class names as literal text: matplotlib would read "$...$" as math."""
+    return [str(name).replace("$", r"\$") for name in names]
+
+
 def _labels(values: ArrayLike, name: str) -> np.ndarray:
     return _as_labels(values, name).astype(np.int64, copy=False)
 
@@ -110,7 +115,7 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str], path: str |
     counts = counts.astype(np.float64)
     if not np.isfinite(counts).all() or (counts < 0).any():
         raise ValueError("cm must hold finite, non-negative counts")
-    names = [str(name) for name in class_names]
+    names = _plain_texts(class_names)
     n = counts.shape[0]
     if len(names) != n:
         raise ValueError(f"cm is {n}x{n} but {len(names)} class names were given")
@@ -138,8 +143,8 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str], path: str |
                   "Row-normalized: % of each true class (diagonal = recall)",
                   "% of true class", fontsize, tick_fontsize)
     if title is None:
-        accuracy = np.trace(counts) / total if total else float("nan")
-        title = f"Confusion matrix — accuracy {accuracy:.2%} on {total:,.0f} samples"
+        title = (f"Confusion matrix — accuracy {np.trace(counts) / total:.2%} on "
+                 f"{total:,.0f} samples" if total else "Confusion matrix — no samples")
     fig.suptitle(title, fontsize=14)
     return _save_png(fig, path)
 
@@ -261,7 +266,7 @@ def plot_misclassified(images: ArrayLike, y_true: ArrayLike, y_pred: ArrayLike,
     if not len(pictures) == len(y_true) == len(y_pred):
         raise ValueError(f"images, y_true and y_pred must have the same length, got "
                          f"{len(pictures)}, {len(y_true)} and {len(y_pred)}")
-    names = [str(name) for name in class_names]
+    names = _plain_texts(class_names)
     for labels, label_name in ((y_true, "y_true"), (y_pred, "y_pred")):
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
             raise ValueError(f"{label_name} has labels outside 0..{len(names) - 1} "

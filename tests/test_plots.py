@@ -53,6 +53,24 @@ def test_confusion_matrix_png(tmp_path):
     check_png(nested, 16, 7.2)
 
 
+def test_dollar_signs_in_class_names_are_text_not_math(tmp_path, monkeypatch):
+    """'$^$' is a mathtext syntax error and '$10-$20' would lose its dollars."""
+    names = ["a $^$ b", "Size $10-$20"]
+    assert plots._plain_texts(names) == [r"a \$^\$ b", r"Size \$10-\$20"]
+    plot_confusion_matrix([[3, 1], [0, 4]], names, tmp_path / "cm.png")
+    images = np.zeros((2, 28, 28), np.uint8)
+    plot_misclassified(images, [0, 1], [1, 0], names, tmp_path / "mis.png")
+    assert (tmp_path / "cm.png").exists() and (tmp_path / "mis.png").exists()
+
+
+def test_all_zero_confusion_matrix_is_titled_no_samples(tmp_path, monkeypatch):
+    titles = []
+    original = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, **kw: titles.append(t) or original(self, t, **kw))
+    plot_confusion_matrix(np.zeros((2, 2)), ["a", "b"], tmp_path / "cm.png")
+    assert titles == ["Confusion matrix — no samples"]
+
+
 @pytest.mark.parametrize("cm, names, message", [
     (np.ones((3, 4)), NAMES[:3], "square"),
     (np.ones((3, 3)), NAMES[:2], "2 class names"),
