@@ -143,6 +143,8 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike,
     Raises ValueError for invalid labels (see :func:`confusion_matrix`), no
     samples, or empty or duplicate class names.
     """
+    if isinstance(class_names, (str, bytes)):
+        raise TypeError(f"class_names must be a sequence of names, not one string: {class_names!r}")
     names = [str(name) for name in class_names]
     if not names:
         raise ValueError("class_names must name at least one class")

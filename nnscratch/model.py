@@ -56,7 +56,7 @@ class Sequential:
                                  f"but the next {upper!r} expects {upper.in_features}")
         self.in_features = dense[0].in_features
         self.num_classes = dense[-1].out_features
-        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.rng = make_rng(seed)
         for layer in self.layers:
             layer._buffers = {}
             if isinstance(layer, Dense):
@@ -282,3 +282,13 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """The generator itself, or a new one from an integer seed (None: fresh entropy)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise TypeError(f"seed must be an integer >= 0 or a numpy.random.Generator, got {seed!r}")
+    return np.random.default_rng(seed)

@@ -43,14 +43,9 @@ class Adam:
             raise ValueError("Adam: no parameters to optimize")
         if len(set(names)) != len(names):
             raise ValueError(f"Adam: parameter names must be unique, got {names}")
-        if not (lr > 0 and np.isfinite(lr)):
-            raise ValueError(f"Adam: lr must be a positive number, got {lr!r}")
-        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
-            raise ValueError(f"Adam: betas must be two numbers in [0, 1), got {betas!r}")
-        if not eps > 0:
-            raise ValueError(f"Adam: eps must be positive, got {eps!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"Adam: weight_decay must be >= 0, got {weight_decay!r}")
+        problems = _hyperparameter_problems(lr, betas, eps, weight_decay)
+        if problems:
+            raise ValueError("Adam: " + "; ".join(problems))
         self.lr = float(lr)
         # The learning rate asked for; schedules scale from it while they change ``lr``.
         self.initial_lr = float(lr)
@@ -109,6 +104,16 @@ class Adam:
                                     f"expected {self.m[name].shape}")
         if not isinstance(state.get("step"), (int, np.integer)) or state["step"] < 0:
             problems.append(f"step must be a non-negative integer, got {state.get('step')!r}")
+        problems += _hyperparameter_problems(
+            state.get("initial_lr", self.initial_lr), state.get("betas", self.betas),
+            state.get("eps", self.eps), state.get("weight_decay", self.weight_decay))
+        lr = state.get("lr", self.lr)  # 0 is a valid current rate (the end of a cosine)
+        if not _is_number(lr) or not (lr >= 0 and np.isfinite(lr)):
+            problems.append(f"lr must be a finite number >= 0, got {lr!r}")
+        for key in ("m", "v"):
+            for name in sorted(set(state.get(key, {})) & set(self.m)):
+                if not np.isfinite(np.asarray(state[key][name], dtype=np.float64)).all():
+                    problems.append(f"{key}[{name!r}] holds NaN or infinite values")
         if problems:
             raise ValueError("Adam.load_state_dict: " + "; ".join(problems))
         self.lr = float(state.get("lr", self.lr))
@@ -120,3 +125,26 @@ class Adam:
         for name in self.m:
             self.m[name][...] = state["m"][name]
             self.v[name][...] = state["v"][name]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _hyperparameter_problems(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> list[str]:
+    """What is wrong with Adam's hyperparameters (the constructor and
+    ``load_state_dict`` apply the same rules)."""
+    problems = []
+    if not _is_number(lr) or not (lr > 0 and np.isfinite(lr)):
+        problems.append(f"lr must be a positive number, got {lr!r}")
+    try:
+        ok = len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+    except TypeError:
+        ok = False
+    if not ok:
+        problems.append(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if not _is_number(eps) or not (eps > 0 and np.isfinite(eps)):
+        problems.append(f"eps must be a positive number, got {eps!r}")
+    if not _is_number(weight_decay) or not (weight_decay >= 0 and np.isfinite(weight_decay)):
+        problems.append(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    return problems

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import kernels
-from .model import Sequential, positive_int
+from .model import Sequential, make_rng, positive_int
 from .optim import Adam
 from .progress import Progress
 from .schedules import Constant, WarmupCosine
@@ -53,6 +53,10 @@ class Trainer:
         self.batch_size = positive_int("batch_size", batch_size)
         self.validation = None
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (x, y), got "
+                                 f"{type(validation_data).__name__} of length "
+                                 f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
             vx, vy = validation_data
             vx = model.check_input(vx, "validation x")
             self.validation = (vx, model._check_labels(vy, len(vx)))
@@ -60,8 +64,7 @@ class Trainer:
             raise ValueError("restore_best needs validation_data to pick the best epoch")
         self.restore_best = restore_best
         if seed is not None:
-            model.set_rng(seed if isinstance(seed, np.random.Generator)
-                          else np.random.default_rng(seed))
+            model.set_rng(make_rng(seed))
         self.optimizer = optimizer if optimizer is not None else Adam(model.parameters())
         # Schedules count this run's steps: an optimizer reused from an earlier
         # fit keeps its step count (Adam's bias correction needs it), but a new
@@ -97,6 +100,9 @@ class Trainer:
                        warmup_epochs: float) -> Callable[[int], float]:
         if callable(kind):
             return kind
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float, np.number)) \
+                or not (math.isfinite(warmup_epochs) and warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}")
         # From the optimizer's initial lr: a previous run's schedule may have left
         # ``optimizer.lr`` at its final value (0 after a cosine decay).
         if kind == "constant":

@@ -144,3 +144,8 @@ def test_other_functions_reject_bad_inputs():
         classification_report([], [], ["a", "b"])
     with pytest.raises(ValueError, match="outside 0..1"):
         classification_report([0, 2], [0, 1], ["a", "b"])
+
+
+def test_classification_report_refuses_one_string_as_the_class_names():
+    with pytest.raises(TypeError, match="not one string"):
+        classification_report([0, 1], [0, 1], "ab")

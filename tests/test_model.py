@@ -103,6 +103,8 @@ def test_mismatched_dense_sizes_raise_at_construction():
     ((Dense(2, 2), "relu"), {}, TypeError),            # not a Layer
     ((Dense(2, 2),), {"dtype": "float16"}, ValueError),
     ((Dense(2, 2),), {"dtype": "int32"}, ValueError),
+    ((Dense(2, 2),), {"seed": 1.5}, TypeError),
+    ((Dense(2, 2),), {"seed": "0"}, TypeError),
 ])
 def test_sequential_rejects_bad_construction(args, kwargs, exc):
     with pytest.raises(exc):
@@ -251,15 +253,29 @@ def test_fit_with_verbose_zero_prints_nothing(capsys):
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"epochs": 0}, {"epochs": 1.5}, {"batch_size": 0}, {"lr_schedule": "step"},
-    {"restore_best": True},  # needs validation data
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"epochs": 1.5}, "epochs must be a positive integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"lr_schedule": "step"}, "lr_schedule must be"),
+    ({"restore_best": True}, "restore_best needs validation_data"),
+    ({"validation_data": "xy"}, r"validation_data must be a pair \(x, y\), got str"),
+    ({"lr_schedule": "cosine", "warmup_epochs": float("nan")}, "warmup_epochs must be a finite"),
+    ({"lr_schedule": "cosine", "warmup_epochs": -1}, "warmup_epochs must be a finite"),
+    ({"seed": 1.5}, "seed must be an integer >= 0 or a numpy.random.Generator"),
+    ({"seed": -3}, "seed must be an integer >= 0"),
 ])
-def test_fit_rejects_bad_arguments(kwargs):
+def test_fit_rejects_bad_arguments(kwargs, message):
     x, y = blobs(n=32)
     args = {"epochs": 1, "verbose": 0, **kwargs}
-    with pytest.raises(ValueError):
+    with pytest.raises((ValueError, TypeError), match=message):
         blob_model().fit(x, y, **args)
+
+
+def test_validation_data_of_three_arrays_is_refused_clearly():
+    x, y = blobs(n=32)
+    with pytest.raises(ValueError, match="must be a pair .* tuple of length 3"):
+        blob_model().fit(x, y, validation_data=(x, y, y), verbose=0)
 
 
 @pytest.mark.parametrize("labels", [

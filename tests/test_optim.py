@@ -4,6 +4,7 @@ subnormal flush on both kernel backends, and the learning-rate schedules."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -175,9 +176,35 @@ def test_adam_load_state_dict_wrong_shape_raises_and_changes_nothing():
     assert opt.step_count == 0
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": float("nan")}, "lr must be a finite number >= 0"),
+    ({"lr": -1.0}, "lr must be a finite number >= 0"),
+    ({"initial_lr": 0.0}, "lr must be a positive number"),
+    ({"betas": [1.5, 2]}, "betas must be two numbers in [0, 1)"),
+    ({"betas": [0.9]}, "betas must be two numbers"),
+    ({"eps": -1}, "eps must be a positive number"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0"),
+    ({"m": "nan"}, "m['w'] holds NaN or infinite values"),
+])
+def test_adam_load_state_dict_applies_the_constructors_rules(changes, message):
+    opt = Adam(_params(np.float64))
+    state = opt.state_dict()
+    if changes.get("m") == "nan":
+        state["m"]["w"][0, 0] = np.nan
+    else:
+        state.update(changes)
+    state["step"] = 3
+    with pytest.raises(ValueError, match=re.escape(message)):
+        opt.load_state_dict(state)
+    assert opt.step_count == 0 and opt.lr == 1e-3
+    opt.load_state_dict(dict(opt.state_dict(), lr=0.0, step=3))  # lr 0: the end of a cosine
+    assert opt.lr == 0.0 and opt.step_count == 3
+
+
 @pytest.mark.parametrize("kwargs", [
     {"lr": 0.0}, {"lr": -1e-3}, {"lr": float("nan")}, {"lr": float("inf")},
     {"betas": (1.0, 0.999)}, {"betas": (0.9, -0.1)}, {"eps": 0.0}, {"weight_decay": -0.1},
+    {"betas": 0.9}, {"lr": "0.1"}, {"eps": float("nan")},
 ])
 def test_adam_rejects_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError):
