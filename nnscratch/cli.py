@@ -183,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, DataError, ModelFileError, OSError) as exc:
         print(f"nnscratch {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # outside training (which checkpoints): loading data, evaluating
+        print(f"nnscratch {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 # ---- train ---------------------------------------------------------------------------

@@ -704,6 +704,17 @@ def test_resume_into_another_run_directory_is_refused_and_leaves_it_alone(
     assert (other / "model.npz").read_bytes() == data
 
 
+def test_ctrl_c_while_loading_the_data_is_one_line_and_exit_130(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", interrupted)
+    assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "nnscratch train: interrupted"
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_with_a_malformed_model_is_a_one_line_error(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "model.npz"
