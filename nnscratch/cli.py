@@ -7,7 +7,8 @@
 
 Exit status: 0 success, 1 a run-time failure (bad data, divergence, an image
 that could not be read), 2 a usage error (argparse style, nothing written),
-130 interrupted (a checkpoint was saved; the message says how to resume).
+130 interrupted (during training a checkpoint was saved, and the message says
+how to resume).
 """
 
 from __future__ import annotations
