@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_write
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
@@ -212,6 +213,8 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
         if out.resolve() != ckpt.parent.resolve():
             _refuse_unusable_out(parser, out)
         return {}, out, ckpt
+    if not args.augment and ("max_shift" in given or "flip" in given):
+        parser.error("--max-shift and --flip shape the augmentation: add --augment to use them")
     config = dict(DEFAULTS, **given)
     if config["val_size"] >= 60000:
         parser.error("--val-size must leave training images: use fewer than 60000")
@@ -434,9 +437,8 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 # ---- evaluate ------------------------------------------------------------------------

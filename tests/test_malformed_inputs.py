@@ -616,6 +616,8 @@ USAGE_ERRORS = {
     "flip 2": (["train", "--flip", "2"], ["--flip", "'2'"]),
     "shift beyond half the image": (["train", "--augment", "--max-shift", "14"],
                                     ["--max-shift", "0 to 13", "'14'"]),
+    "shift without augment": (["train", "--max-shift", "1"], ["add --augment"]),
+    "flip without augment": (["train", "--flip", "0.3"], ["add --augment"]),
     "val size 60000": (["train", "--val-size", "60000"], ["--val-size", "60000"]),
     "unknown schedule": (["train", "--schedule", "linear"], ["--schedule", "'linear'"]),
     "unknown option": (["train", "--epoch", "3", "--learning-rate", "0.1"], ["unrecognized arguments"]),
