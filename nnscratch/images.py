@@ -3,7 +3,8 @@
 Fashion-MNIST shows a light item centred on a black background, with its
 longer side filling the 28 pixels. Photos are usually the opposite: a dark
 item on a light background, of any size. So: read as grayscale (transparent
-pixels count as white), fix the polarity, crop to the item, scale the longer
+pixels become the background: black behind a light item, white behind a dark
+one), fix the polarity, crop to the item, scale the longer
 side to 28 pixels and centre it. A picture that is already 28x28 is only
 polarity-corrected (it is taken to be in Fashion-MNIST's framing).
 
@@ -74,16 +75,30 @@ def _grayscale(img) -> np.ndarray:
             gray /= 65535.0
         gray = np.clip(np.nan_to_num(gray), 0.0, 1.0)
         if "transparency" in img.info:  # one gray value marks the transparent pixels
-            gray[raw == img.info["transparency"]] = 1.0
+            gray = _over_background(gray, (raw != img.info["transparency"]).astype(np.float64))
         return _shrink(gray)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
+        la = img.convert("RGBA").convert("LA")  # palette transparency needs RGBA first
+        if max(la.size) > MAX_SIDE:
+            la.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+        pixels = np.asarray(la, dtype=np.float64) / 255.0
+        return _over_background(pixels[..., 0], pixels[..., 1])
     img = img.convert("L")
     if max(img.size) > MAX_SIDE:  # shrink while still 1 byte a pixel
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float64) / 255.0
+
+
+def _over_background(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Fill transparent pixels with the background the item implies: black
+    behind a light item (a cut-out like Fashion-MNIST's), white behind a dark
+    one (like a photo). The item is what is mostly opaque."""
+    if alpha.min() >= 1.0:
+        return gray
+    opaque = alpha > 0.5
+    light_item = bool(opaque.any()) and float(gray[opaque].mean()) > 0.5
+    background = 0.0 if light_item else 1.0
+    return gray * alpha + background * (1.0 - alpha)
 
 
 def _shrink(gray: np.ndarray) -> np.ndarray:

@@ -91,3 +91,31 @@ def test_blank_pictures_are_flagged(tmp_path: Path) -> None:
         assert looks_blank(load_image(tmp_path / name))
     Image.fromarray(_item()).save(tmp_path / "item.png")
     assert not looks_blank(load_image(tmp_path / "item.png"))
+
+
+def _cutout(item: np.ndarray, value_of_item) -> np.ndarray:
+    """RGBA: the item's pixels opaque, everything else transparent (RGB 0 there)."""
+    rgba = np.zeros(item.shape + (4,), np.uint8)
+    mask = item > 0
+    rgba[mask, :3] = value_of_item(item)[mask, None]
+    rgba[..., 3] = mask * 255
+    return rgba
+
+
+def test_a_light_item_on_transparency_gets_a_black_background(tmp_path: Path) -> None:
+    """A white shirt cut out on a transparent background must not vanish into white."""
+    item = _item(80, 48)
+    Image.fromarray(_cutout(item, lambda a: a)).save(tmp_path / "light.png")
+    Image.fromarray(item).save(tmp_path / "plain.png")  # the same item on black
+    np.testing.assert_allclose(read_grayscale(tmp_path / "light.png"), item / 255.0)
+    assert np.array_equal(load_image(tmp_path / "light.png"), load_image(tmp_path / "plain.png"))
+    assert not looks_blank(load_image(tmp_path / "light.png"))
+
+
+def test_a_dark_item_on_transparency_gets_a_white_background(tmp_path: Path) -> None:
+    item = _item(80, 48)
+    Image.fromarray(_cutout(item, lambda a: 255 - a)).save(tmp_path / "dark.png")
+    photo = np.where(item > 0, 255 - item, 255).astype(np.uint8)  # dark item on white
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    np.testing.assert_allclose(read_grayscale(tmp_path / "dark.png"), photo / 255.0)
+    assert np.array_equal(load_image(tmp_path / "dark.png"), load_image(tmp_path / "photo.png"))
