@@ -673,37 +673,26 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(
     assert sorted(p.name for p in work.iterdir()) == before   # no runs/ directory either
 
 
+@pytest.mark.parametrize("resume", [False, True], ids=["new run", "resume of another run"])
 def test_out_holding_a_run_is_refused_and_left_alone(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture, resume: bool) -> None:
     out = tmp_path / "run"
     out.mkdir()
     save(helpers.mnist_like_model(), out / "model.npz")
     data = (out / "model.npz").read_bytes()
+    argv = ["train", "--epochs", "1", "--out", str(out)]
+    if resume:  # continuing another run into this directory would overwrite it too
+        source = tmp_path / "interrupted"
+        source.mkdir()
+        (source / "checkpoint.npz").write_bytes(b"never read: --out is checked first")
+        argv = ["train", "--resume", str(source), "--out", str(out)]
     with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--epochs", "1", "--out", str(out)])
+        cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "already holds a run" in err and f"--resume {out}" in err
+    assert f"--out {out} already holds a run" in err and f"--resume {out}" in err
     assert sorted(p.name for p in out.iterdir()) == ["model.npz"]
     assert (out / "model.npz").read_bytes() == data
-
-
-def test_resume_into_another_run_directory_is_refused_and_leaves_it_alone(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    other = tmp_path / "other"
-    other.mkdir()
-    save(helpers.mnist_like_model(), other / "model.npz")
-    data = (other / "model.npz").read_bytes()
-    source = tmp_path / "interrupted"
-    source.mkdir()
-    (source / "checkpoint.npz").write_bytes(b"never read: --out is checked first")
-    with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--resume", str(source), "--out", str(other)])
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"--out {other} already holds a run" in err
-    assert sorted(p.name for p in other.iterdir()) == ["model.npz"]
-    assert (other / "model.npz").read_bytes() == data
 
 
 def test_ctrl_c_while_loading_the_data_is_one_line_and_exit_130(
