@@ -10,7 +10,7 @@ Every layer has the same interface:
   without parameters); ``training`` is the train/eval flag.
 
 A standalone layer returns new arrays (Flatten returns a reshaped view, and an
-inactive Dropout returns its argument itself). Inside a ``Sequential`` the
+inactive Dropout returns its argument itself, forward and backward). Inside a ``Sequential`` the
 layers write into buffers that are reused from one batch to the next (see
 ``Layer._buffer``), so the training loop allocates nothing in steady state.
 """

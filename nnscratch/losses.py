@@ -23,11 +23,11 @@ class SoftmaxCrossEntropy:
     """Mean cross-entropy of softmax(logits) against integer class labels.
 
     Forward, for logits z (N, K) and labels t (N,) in 0..K-1:
-        L = (1/N) sum_n [ log sum_k exp(z_nk) - z_n,t_n ]
+        L = (1/N) sum_n [ log sum_j exp(z_nj) - z_n,t_n ]
     computed with the log-sum-exp shift (z - max z), so logits of +-1e4 in
     float32 give a finite loss.
 
-    Backward: d/dz_nk of log sum_k exp(z_nk) is softmax(z)_nk, and of -z_n,t_n
+    Backward: d/dz_nk of log sum_j exp(z_nj) is softmax(z)_nk, and of -z_n,t_n
     is -[k == t_n]; averaging over the batch divides by N:
         dL/dz = (softmax(z) - onehot(t)) / N          (N, K)
     Fusing softmax with the loss gives this simple, stable gradient instead of

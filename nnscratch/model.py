@@ -67,7 +67,7 @@ class Sequential:
                 layer.rng = self.rng
         self.fuse = fuse
         self._stages: list[Layer | DenseReLU] = []
-        self._stages_of: tuple[int, ...] = ()  # ids of the layers the stages were built from
+        self._stages_of: tuple = ()  # (fuse, ids of the layers) the stages were built from
         self._current_stages()
         self.loss = SoftmaxCrossEntropy()
         self.loss.reuse_buffer = True
@@ -132,11 +132,12 @@ class Sequential:
     # ---- forward and backward -------------------------------------------------
     def _current_stages(self) -> list[Layer | DenseReLU]:
         """What forward and backward run: the layers, or fused blocks of them,
-        rebuilt whenever ``self.layers`` has been changed."""
-        layer_ids = tuple(map(id, self.layers))
-        if layer_ids != self._stages_of:
+        rebuilt whenever ``self.layers`` or ``self.fuse`` has been changed (so
+        ``model.fuse = False`` on a loaded model steps through every layer)."""
+        key = (bool(self.fuse), *map(id, self.layers))
+        if key != self._stages_of:
             self._stages = fuse_layers(self.layers) if self.fuse else list(self.layers)
-            self._stages_of = layer_ids
+            self._stages_of = key
         return self._stages
 
     def _forward(self, x: np.ndarray) -> np.ndarray:

@@ -28,7 +28,10 @@ class Adam:
     The decay term uses p before the step and does not pass through m and v
     (decoupled, Loshchilov & Hutter), so it shrinks every weight at the same
     relative rate whatever its gradient history. The whole update for one
-    parameter runs as one kernel pass (``kernels.adam_update``).
+    parameter runs as one kernel pass (``kernels.adam_update``). The decay is
+    applied as p * (1 - lr * weight_decay) with that factor rounded to the
+    parameters' dtype, so in float32 a per-step decay below ~3e-8 (lr *
+    weight_decay) rounds to no decay at all, as in PyTorch's float32 AdamW.
 
     ``params`` is what ``Sequential.parameters()`` returns: ``Parameter``
     tuples (name, value, grad). ``lr`` may be changed between steps (schedules).

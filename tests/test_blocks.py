@@ -125,6 +125,24 @@ def test_changing_model_layers_rebuilds_the_stages():
         assert np.array_equal(model.forward(x), model.forward(x))
 
 
+def test_switching_fuse_on_an_existing_model_takes_effect():
+    """A loaded model is fused; ``model.fuse = False`` must make the next forward
+    run every layer's own forward, so a learner can step through them."""
+    x, _ = _data()
+    model = Sequential(*_layers(p1=0.5), seed=1)
+    fused_out = model.eval().forward(x)
+    assert any(isinstance(stage, DenseReLU) for stage in model._current_stages())
+    model.fuse = False
+    assert model._current_stages() == model.layers
+    assert np.array_equal(model.forward(x), fused_out)
+    model.train().forward(x)
+    dense, relu = model.layers[1:3]
+    for layer in (relu, dense):  # each ran its own forward: no "called before forward" error
+        layer.backward(np.ones((20, 16), np.float32))
+    model.fuse = True
+    assert any(isinstance(stage, DenseReLU) for stage in model._current_stages())
+
+
 def test_layer_backward_after_a_fused_forward_fails_clearly():
     model = Sequential(*_layers(p1=0.5), seed=1)
     x, _ = _data()

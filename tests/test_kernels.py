@@ -345,6 +345,27 @@ def test_softmax_cross_entropy_fused_close_to_reference(shape, dtype):
     assert d1.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_with_infinite_logits_agrees_between_twins(dtype):
+    """-inf in the first column is a probability of exactly 0, not a NaN."""
+    logits = np.array([[-np.inf, 0, 1], [0, -np.inf, 1], [2, 1, -np.inf]], dtype)
+    labels = np.array([2, 2, 0])
+    results = []
+    for mod in (reference, fused):
+        d = np.empty_like(logits)
+        results.append((mod.softmax_cross_entropy(logits, labels, d), d))
+    (l0, d0), (l1, d1) = results
+    assert np.isfinite(l0) and l1 == pytest.approx(l0, rel=1e-6)
+    np.testing.assert_allclose(d1, d0, rtol=1e-6, atol=1e-7)
+    assert d0[0, 0] == d1[0, 0] == 0.0
+
+
+def test_softmax_cross_entropy_of_no_rows_is_nan_in_both_twins():
+    for mod in (reference, fused):
+        logits = np.zeros((0, 3), np.float32)
+        assert np.isnan(mod.softmax_cross_entropy(logits, np.zeros(0, np.int64), np.empty_like(logits)))
+
+
 @pytest.mark.parametrize("mod", [reference, fused], ids=["reference", "fused"])
 def test_kernels_keep_float32_outputs_float32_and_finite(mod):
     rng = np.random.default_rng(9)

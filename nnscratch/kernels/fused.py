@@ -129,7 +129,13 @@ def multiply(a, b, out):
 @njit(cache=True, error_model="numpy")
 def softmax_cross_entropy(logits, labels, dlogits):
     n, k = logits.shape
-    inv_n = dlogits.dtype.type(1.0) / n
+    if n == 0:
+        return np.nan
+    # 1/N rounded once to the array's dtype, as in the twin; float32 constants
+    # keep every step below in float32 (a bare 1 or 1.0 would promote to float64).
+    inv_n = dlogits.dtype.type(1.0 / n)
+    zero = inv_n - inv_n
+    one = inv_n / inv_n
     total = 0.0
     for i in range(n):
         if labels[i] < 0 or labels[i] >= k:
@@ -138,7 +144,7 @@ def softmax_cross_entropy(logits, labels, dlogits):
         for j in range(1, k):
             if logits[i, j] > row_max:
                 row_max = logits[i, j]
-        s = logits[i, 0] - logits[i, 0]
+        s = zero  # not logits[i, 0] - logits[i, 0], which is NaN for an infinite logit
         for j in range(k):
             e = np.exp(logits[i, j] - row_max)
             dlogits[i, j] = e
@@ -147,7 +153,7 @@ def softmax_cross_entropy(logits, labels, dlogits):
         total += np.log(s) - (logits[i, label] - row_max)
         for j in range(k):
             dlogits[i, j] = dlogits[i, j] / s
-        dlogits[i, label] -= 1
+        dlogits[i, label] -= one
         for j in range(k):
             dlogits[i, j] *= inv_n
     return total / n

@@ -44,7 +44,7 @@ def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np
     """Draw the inverted-dropout mask and apply it: out = x * mask.
 
     mask_i is 0 (dropped, probability p) or 1/(1-p) (kept). Element i is kept
-    when the top 24 bits of hash(key, i) are >= p * 2**24, so the keep
+    when the top 24 bits of hash(key, i) are >= round(p * 2**24), so the keep
     probability is 1 - p up to 2**-24.
     """
     i = np.arange(1, mask.size + 1, dtype=np.uint64)
@@ -114,6 +114,8 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, dlogits: np.nd
     Returns -1.0 (a loss is never negative) if a label is outside 0..K-1.
     """
     n, k = logits.shape
+    if n == 0:
+        return float("nan")  # no mean over no samples (the loss layer refuses empty batches)
     if labels.min() < 0 or labels.max() >= k:
         return -1.0
     rows = np.arange(n)
