@@ -29,8 +29,9 @@ class ImageError(ValueError):
 
 def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     """Pixels of an image file as float64 in [0, 1] (0 = black), shape (H, W),
-    upright as a viewer shows it, transparent pixels white, at most
-    ``MAX_SIDE`` pixels on the longer side."""
+    upright as a viewer shows it, transparent pixels filled with the
+    background (see ``_over_background``), at most ``MAX_SIDE`` pixels on the
+    longer side."""
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -12,6 +12,7 @@ from numpy.typing import DTypeLike
 from . import kernels
 from .blocks import DenseReLU
 from .blocks import fuse as fuse_layers
+from .checks import make_rng, positive_int
 from .layers import Dense, Dropout, Layer, reuse_buffer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Adam, Parameter
@@ -276,20 +277,3 @@ class Sequential:
             raise ValueError(f"labels: expected values in 0..{self.num_classes - 1}, "
                              f"found {y.min()}..{y.max()}")
         return y.astype(np.intp, copy=False)
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    """The generator itself, or a new one from an integer seed (None: fresh entropy)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                             or seed < 0):
-        raise TypeError(f"seed must be an integer >= 0 or a numpy.random.Generator, got {seed!r}")
-    return np.random.default_rng(seed)

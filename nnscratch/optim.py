@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import kernels
+from .checks import is_finite_at_least, is_number
 
 
 class Parameter(NamedTuple):
@@ -111,7 +112,7 @@ class Adam:
             state.get("initial_lr", self.initial_lr), state.get("betas", self.betas),
             state.get("eps", self.eps), state.get("weight_decay", self.weight_decay))
         lr = state.get("lr", self.lr)  # 0 is a valid current rate (the end of a cosine)
-        if not _is_number(lr) or not (lr >= 0 and np.isfinite(lr)):
+        if not is_finite_at_least(lr):
             problems.append(f"lr must be a finite number >= 0, got {lr!r}")
         for key in ("m", "v"):
             for name in sorted(set(state.get(key, {})) & set(self.m)):
@@ -130,24 +131,20 @@ class Adam:
             self.v[name][...] = state["v"][name]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _hyperparameter_problems(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> list[str]:
     """What is wrong with Adam's hyperparameters (the constructor and
     ``load_state_dict`` apply the same rules)."""
     problems = []
-    if not _is_number(lr) or not (lr > 0 and np.isfinite(lr)):
+    if not is_finite_at_least(lr, strict=True):
         problems.append(f"lr must be a positive number, got {lr!r}")
     try:
-        ok = len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+        ok = len(betas) == 2 and all(is_number(b) and 0.0 <= b < 1.0 for b in betas)
     except TypeError:
         ok = False
     if not ok:
         problems.append(f"betas must be two numbers in [0, 1), got {betas!r}")
-    if not _is_number(eps) or not (eps > 0 and np.isfinite(eps)):
+    if not is_finite_at_least(eps, strict=True):
         problems.append(f"eps must be a positive number, got {eps!r}")
-    if not _is_number(weight_decay) or not (weight_decay >= 0 and np.isfinite(weight_decay)):
+    if not is_finite_at_least(weight_decay):
         problems.append(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     return problems

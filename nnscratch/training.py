@@ -11,7 +11,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import kernels
-from .model import Sequential, make_rng, positive_int
+from .checks import is_finite_at_least, make_rng, positive_int
+from .model import Sequential
 from .optim import Adam
 from .progress import Progress
 from .schedules import Constant, WarmupCosine
@@ -54,9 +55,10 @@ class Trainer:
         self.validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (x, y), got "
-                                 f"{type(validation_data).__name__} of length "
-                                 f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
+                got = type(validation_data).__name__
+                if isinstance(validation_data, (tuple, list)):
+                    got += f" of length {len(validation_data)}"
+                raise ValueError(f"validation_data must be a pair (x, y), got {got}")
             vx, vy = validation_data
             vx = model.check_input(vx, "validation x")
             self.validation = (vx, model._check_labels(vy, len(vx)))
@@ -100,8 +102,7 @@ class Trainer:
                        warmup_epochs: float) -> Callable[[int], float]:
         if callable(kind):
             return kind
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float, np.number)) \
-                or not (math.isfinite(warmup_epochs) and warmup_epochs >= 0):
+        if not is_finite_at_least(warmup_epochs):
             raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}")
         # From the optimizer's initial lr: a previous run's schedule may have left
         # ``optimizer.lr`` at its final value (0 after a cosine decay).
@@ -126,8 +127,7 @@ class Trainer:
         model._backward(model.loss.backward(), input_grad=False)
         step = self.optimizer.step_count - self.first_step + 1
         lr = self.schedule(step)
-        if not (isinstance(lr, (float, int, np.floating, np.integer)) and math.isfinite(lr)
-                and lr >= 0):
+        if not is_finite_at_least(lr):
             raise ValueError(f"lr_schedule returned {lr!r} for step {step}: a learning rate "
                              "must be a finite number >= 0")
         self.optimizer.lr = float(lr)
