@@ -40,7 +40,7 @@ from .training import Trainer, TrainingDiverged, TrainingInterrupted
 
 # The default recipe (chosen on the validation split; see README "Results").
 DEFAULTS: dict[str, Any] = {
-    "epochs": 30, "batch_size": 128, "hidden": [1024, 512], "dropout": 0.3, "lr": 1e-3,
+    "epochs": 30, "batch_size": 256, "hidden": [1024, 512], "dropout": 0.3, "lr": 1e-3,
     "weight_decay": 0.0, "schedule": "cosine", "warmup_epochs": 1.0, "seed": 0,
     "val_size": 5000, "augment": False, "max_shift": 2, "flip": 0.5,
 }

@@ -43,7 +43,7 @@ optimizer = nn.Adam(model.parameters(), lr=1e-3)
 
 # 4. Train; the validation split picks the epoch whose weights we keep.
 history = model.fit(x_train, y_train, optimizer=optimizer, epochs=args.epochs,
-                    batch_size=128, validation_data=(x_val, y_val),
+                    batch_size=256, validation_data=(x_val, y_val),
                     lr_schedule="cosine", warmup_epochs=1, restore_best=True)
 
 # 5. The test set, once.

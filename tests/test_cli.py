@@ -27,7 +27,7 @@ except ImportError:
 # 40k training images a 784-512-10 net: each epoch takes long enough (~0.5 s
 # here, more on a busy machine) that a signal 0-0.3 s after "Epoch 2/3" lands
 # mid-training, not after it.
-TRAIN = ["train", "--epochs", "3", "--hidden", "512", "--val-size", "20000"]
+TRAIN = ["train", "--epochs", "3", "--hidden", "512", "--val-size", "20000", "--batch-size", "128"]
 STEPS_PER_EPOCH = 313  # ceil(40000 / 128)
 
 
@@ -174,7 +174,7 @@ def test_divergence_after_an_epoch_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(Trainer, "_step", step)
     out = tmp_path / "run"
     code = cli.main(["train", "--epochs", "3", "--hidden", "32", "--val-size", "50000",
-                     "--out", str(out), "--quiet"])
+                     "--batch-size", "128", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1
     lines = err.strip().splitlines()
