@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = "nnscratch.checkpoint"
 
 def save_checkpoint(path: str | os.PathLike, trainer: Trainer, config: dict[str, Any]) -> None:
     """Write ``trainer``'s full state and the run's ``config`` to ``path`` atomically."""
-    state = trainer.state_dict()
+    state = trainer.state_dict(copy=False)  # written out at once: no copies needed
     arrays = {f"model.{k}": v for k, v in state["model"].items()}
     for moment in ("m", "v"):
         arrays.update({f"optimizer.{moment}.{k}": v for k, v in state["optimizer"][moment].items()})

@@ -370,16 +370,21 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     train_seconds = time.perf_counter() - training_started
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        results = {name: model.evaluate(*data) for name, data in (
-            ("train", (x_train, y_train)), ("validation", (x_val, y_val)), ("test", (x_test, y_test)))}
         # Epoch times accumulate across interruptions; the other two are this process's.
         timings = {"train_seconds": sum(history["epoch_time"]),
                    "epoch_seconds": history["epoch_time"],
                    "this_process_training_seconds": train_seconds,
                    "first_batch_unix_time": trainer.first_step_done}
         best_epoch = trainer.best["epoch"] if trainer.best else None
-        # Free the training images (~45 MB) before matplotlib loads: keeps peak memory down.
-        del trainer, x_train, y_train, x_val, y_val
+        # Free what training alone needed (Adam's moments, the best-epoch copy of the
+        # weights) and each image set once it is evaluated, before matplotlib loads:
+        # this keeps the run's peak memory down.
+        del trainer, optimizer
+        results = {"train": model.evaluate(x_train, y_train)}
+        del x_train, y_train
+        results["validation"] = model.evaluate(x_val, y_val)
+        del x_val, y_val
+        results["test"] = model.evaluate(x_test, y_test)
         _finish_run(model, config, history, results, timings, best_epoch, out, (x_test, y_test))
     except KeyboardInterrupt:
         print(f"Interrupted while writing the results; training is complete and saved in "

@@ -64,7 +64,9 @@ class ModelFileError(ValueError):
 
 def sha256_of(array: np.ndarray) -> str:
     """SHA-256 of an array's bytes in C order (what the metadata records)."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    # Hashed through the buffer protocol: no copy of the bytes (tobytes() would add
+    # one array's worth of memory at the moment a checkpoint is written).
+    return hashlib.sha256(np.ascontiguousarray(array)).hexdigest()
 
 
 # ---- writing -----------------------------------------------------------------------

@@ -100,9 +100,10 @@ class Sequential:
         return [Parameter(f"layers.{i}.{key}", value, layer.grads[key])
                 for i, layer in enumerate(self.layers) for key, value in layer.params.items()]
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of all parameters under flat names such as ``layers.0.weight``."""
-        return {p.name: p.value.copy() for p in self.parameters()}
+    def state_dict(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Copies of all parameters under flat names such as ``layers.0.weight``
+        (``copy=False``: the live arrays themselves, which the next step changes)."""
+        return {p.name: p.value.copy() if copy else p.value for p in self.parameters()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Copy ``state`` into the parameters (in place). Strict: any missing or

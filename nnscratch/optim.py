@@ -86,12 +86,14 @@ class Adam:
         for p in self.params:
             p.grad[...] = 0
 
-    def state_dict(self) -> dict[str, Any]:
-        """Hyperparameters, step count and moments (copies), keyed by parameter name."""
+    def state_dict(self, copy: bool = True) -> dict[str, Any]:
+        """Hyperparameters, step count and moments keyed by parameter name: copies,
+        or with ``copy=False`` the live moment arrays, which the next step changes."""
+        def moments(store: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: v.copy() if copy else v for k, v in store.items()}
         return {"lr": self.lr, "initial_lr": self.initial_lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay, "step": self.step_count,
-                "m": {k: v.copy() for k, v in self.m.items()},
-                "v": {k: v.copy() for k, v in self.v.items()}}
+                "m": moments(self.m), "v": moments(self.v)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned; every mismatch is reported at once."""

@@ -204,20 +204,22 @@ class Trainer:
         self.batch = 0
 
     # ---- resumable state -------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, copy: bool = True) -> dict[str, Any]:
         """Everything that decides the rest of the run: position, permutation,
         running sums, history, best weights, the generator's state, the
-        optimizer and the model's weights."""
+        optimizer and the model's weights. ``copy=False`` returns the live
+        arrays instead of copies (for writing them out at once, as checkpoints
+        do, without holding a second copy of the weights and moments)."""
         return {
             "epoch": self.epoch, "batch": self.batch, "first_step": self.first_step,
-            "perm": self.perm.copy(),
+            "perm": self.perm.copy() if copy else self.perm,
             "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
             "elapsed": self.elapsed,
             "history": {k: list(v) for k, v in self.history.items()},
             "best": None if self.best is None else dict(self.best),
             "rng_state": self.model.rng.bit_generator.state,
-            "optimizer": self.optimizer.state_dict(),
-            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(copy),
+            "model": self.model.state_dict(copy),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

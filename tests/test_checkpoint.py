@@ -354,3 +354,38 @@ def test_a_run_with_a_reused_optimizer_records_where_its_schedule_starts(tmp_pat
     save_checkpoint(tmp_path / "c.npz", trainer, config)
     _, meta = load_checkpoint(tmp_path / "c.npz")
     assert meta["first_step"] == meta["trainer_state"]["first_step"] == 2 * STEPS
+
+
+def test_state_dict_copies_unless_asked_for_the_live_arrays() -> None:
+    trainer = build(make_config(epochs=1))
+    trainer.run()
+    params = {p.name: p.value for p in trainer.model.parameters()}
+    copied, live = trainer.state_dict(), trainer.state_dict(copy=False)
+    assert live["perm"] is trainer.perm and not np.shares_memory(copied["perm"], trainer.perm)
+    for name, value in params.items():
+        assert live["model"][name] is value
+        assert not np.shares_memory(copied["model"][name], value)
+        for moment in ("m", "v"):
+            own = getattr(trainer.optimizer, moment)[name]
+            assert live["optimizer"][moment][name] is own
+            assert not np.shares_memory(copied["optimizer"][moment][name], own)
+            assert np.array_equal(copied["optimizer"][moment][name], own)
+    # Only the arrays differ: both forms describe the same state.
+    same = {k: v for k, v in copied.items() if k not in ("perm", "model", "optimizer")}
+    assert same == {k: v for k, v in live.items() if k not in ("perm", "model", "optimizer")}
+
+
+def test_checkpoint_written_from_live_arrays_still_resumes_bit_identically(tmp_path: Path) -> None:
+    # save_checkpoint writes the live arrays; a step taken after saving must not
+    # reach the file (it is written completely before save_checkpoint returns).
+    config = make_config()
+    trainer = build(config, ("step", 5))
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+    save_checkpoint(tmp_path / "c.npz", trainer, config)
+    before = {p.name: p.value.copy() for p in trainer.model.parameters()}
+    trainer.stop_requested = False
+    trainer.run()  # changes every live array
+    _, meta = load_checkpoint(tmp_path / "c.npz")
+    saved = meta["trainer_state"]["model"]
+    assert all(np.array_equal(saved[name], value) for name, value in before.items())

@@ -280,3 +280,15 @@ def test_model_meta_is_what_save_writes(tmp_path: Path) -> None:
     meta, _ = helpers.read_npz_plain(tmp_path / "m.npz")
     expected = nnio.model_meta(model)
     assert {k: v for k, v in meta.items() if k != "arrays"} == json.loads(json.dumps(expected))
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.arange(12, dtype=np.float64).reshape(3, 4).T,          # not C-contiguous
+    np.arange(6, dtype=">f4").reshape(2, 3),                  # big-endian
+    np.zeros((0, 5), np.float32),
+    np.array(2.5, np.float32),                                # 0-d
+    np.array("layers", dtype="U"),
+], ids=["float32", "transposed", "big-endian", "empty", "0-d", "str"])
+def test_sha256_of_hashes_the_c_order_bytes(array: np.ndarray) -> None:
+    assert nnio.sha256_of(array) == hashlib.sha256(array.tobytes(order="C")).hexdigest()
