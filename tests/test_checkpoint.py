@@ -375,7 +375,7 @@ def test_state_dict_copies_unless_asked_for_the_live_arrays() -> None:
     assert same == {k: v for k, v in live.items() if k not in ("perm", "model", "optimizer")}
 
 
-def test_checkpoint_written_from_live_arrays_still_resumes_bit_identically(tmp_path: Path) -> None:
+def test_checkpoint_written_from_live_arrays_holds_the_state_at_saving(tmp_path: Path) -> None:
     # save_checkpoint writes the live arrays; a step taken after saving must not
     # reach the file (it is written completely before save_checkpoint returns).
     config = make_config()
