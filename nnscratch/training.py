@@ -231,7 +231,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.model.rng.bit_generator.state = state["rng_state"]
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self.first_step = int(state.get("first_step", 0))
+        self.first_step = int(state["first_step"])  # load_checkpoint fills it in for old files
         self.perm = np.asarray(state["perm"], dtype=np.intp)
         self.loss_sum, self.correct = float(state["loss_sum"]), int(state["correct"])
         self.seen, self.elapsed = int(state["seen"]), float(state["elapsed"])
