@@ -16,7 +16,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from nnscratch.kernels import FLUSH_BELOW, fused
+from nnscratch.kernels import flush_threshold, fused
 
 
 @njit(parallel=True, error_model="numpy")
@@ -40,7 +40,8 @@ def main() -> None:
     out = np.empty((128, 256), np.float32)
     p, g, m = (rng.standard_normal(784 * 256, dtype=np.float32) for _ in range(3))
     v = np.abs(rng.standard_normal(784 * 256, dtype=np.float32))
-    coef = np.array([0.9, 0.1, 0.999, 0.001, 1e-8, 1.0, 1e-2, 31.6, FLUSH_BELOW], np.float32)
+    coef = np.array([0.9, 0.1, 0.999, 0.001, 1e-8, 1.0, 1e-2, 31.6,
+                     flush_threshold(np.float32, 1e-8, 31.6)], np.float32)
     for name, adam in (("serial (nnscratch)", fused.adam_update), ("numba prange", adam_parallel)):
         adam(p, g, m, v, coef)  # compile
         start = time.perf_counter()

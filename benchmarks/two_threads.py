@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-from nnscratch.kernels import FLUSH_BELOW, fused
+from nnscratch.kernels import flush_threshold, fused
 
 # The serial kernel's own loop, compiled again so that it releases the GIL.
 adam_nogil = njit(nogil=True, error_model="numpy", cache=True)(fused.adam_update.py_func)
@@ -44,7 +44,8 @@ def adam_split(rng: np.random.Generator, pool: ThreadPoolExecutor, rounds: int =
     n = 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10  # the default recipe's parameters
     p, g, m = (rng.standard_normal(n, dtype=np.float32) for _ in range(3))
     v = np.abs(rng.standard_normal(n, dtype=np.float32))
-    coef = np.array([0.9, 0.1, 0.999, 0.001, 1e-8, 1.0, 1e-5, 31.6, FLUSH_BELOW], np.float32)
+    coef = np.array([0.9, 0.1, 0.999, 0.001, 1e-8, 1.0, 1e-5, 31.6,
+                     flush_threshold(np.float32, 1e-8, 31.6)], np.float32)
     half = n // 2
     # Slices, not index ranges: a loop from 0 lets Numba drop negative-index
     # handling and vectorise, exactly as in the kernel nnscratch uses.

@@ -130,11 +130,24 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
                             f"Use Sequential(..., dtype='float64'), or Dense(..., dtype=np.float64) for a "
                             f"layer checked on its own.")
     x = np.array(x, dtype=np.float64)
+    if isinstance(module, SoftmaxCrossEntropy):
+        return _gradcheck(module, x, params, labels, h, tol, tiny, max_entries, seed)
+    # Checked in training mode (dropout active, with its mask held fixed);
+    # the caller's mode is restored afterwards.
+    was_training = module.training
+    module.train()
+    try:
+        return _gradcheck(module, x, params, labels, h, tol, tiny, max_entries, seed)
+    finally:
+        module.train(was_training)
+
+
+def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, params: list,
+               labels: np.ndarray | None, h: float, tol: float, tiny: float, max_entries: int,
+               seed: int) -> GradcheckResult:
     sample_rng = np.random.default_rng(seed)
     generators = [] if isinstance(module, SoftmaxCrossEntropy) else _generators(module)
     rng_states = [g.bit_generator.state for g in generators]
-    if not isinstance(module, SoftmaxCrossEntropy):
-        module.train()
 
     def restore_rngs() -> None:
         for g, state in zip(generators, rng_states):
@@ -167,6 +180,11 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
         objective()
         dx = np.array(module.backward(upstream.copy()), dtype=np.float64)
     analytic = {name: grad.copy() for name, _, grad in params}
+    for name, value, grad in [("input", x, dx)] + [(n, v, analytic[n]) for n, v, _ in params]:
+        if grad.shape != value.shape:
+            what = "input gradient" if name == "input" else f"gradient of {name}"
+            raise ValueError(f"gradcheck: backward gave the {what} the shape {grad.shape}; "
+                             f"it must match the shape of {name}, {value.shape}")
 
     result = GradcheckResult(tol=tol)
     tensors: list[tuple[str, np.ndarray, np.ndarray, bool]] = [("input", x, dx, False)]

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import kernels
+from .checks import is_number
 
 
 def reuse_buffer(store: dict, name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
@@ -213,8 +214,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, rng: np.random.Generator | int | None = None) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) \
-                or not 0.0 <= float(p) < 1.0:
+        if not is_number(p) or not 0.0 <= float(p) < 1.0:
             raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = np.random.default_rng(rng)

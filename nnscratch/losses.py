@@ -44,6 +44,9 @@ class SoftmaxCrossEntropy:
         logits = np.ascontiguousarray(logits)
         if logits.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy expects logits of shape (N, K), got {logits.shape}")
+        if logits.dtype not in (np.float32, np.float64):  # the kernels' two dtypes, on both backends
+            raise TypeError(f"SoftmaxCrossEntropy expects float32 or float64 logits, got {logits.dtype}; "
+                            f"convert them with .astype(np.float32)")
         labels = np.asarray(labels)
         if labels.shape != (logits.shape[0],) or labels.dtype.kind not in "iu":
             raise ValueError(f"labels must be integers of shape ({logits.shape[0]},), "

@@ -33,6 +33,8 @@ class Adam:
     applied as p * (1 - lr * weight_decay) with that factor rounded to the
     parameters' dtype, so in float32 a per-step decay below ~3e-8 (lr *
     weight_decay) rounds to no decay at all, as in PyTorch's float32 AdamW.
+    Moments decaying into the slow subnormal range are set to zero when that
+    cannot change an update (``kernels.flush_threshold``).
 
     ``params`` is what ``Sequential.parameters()`` returns: ``Parameter``
     tuples (name, value, grad). ``lr`` may be changed between steps (schedules).
@@ -65,10 +67,11 @@ class Adam:
         # dtype so the kernels stay in float32 on the float32 path.
         b1, b2 = self.betas
         t = self.step_count
+        inv_sqrt_bc2 = 1 / np.sqrt(1 - b2**t)
         return np.array([b1, 1 - b1, b2, 1 - b2, self.eps,
                          1 - self.lr * self.weight_decay,
-                         self.lr / (1 - b1**t), 1 / np.sqrt(1 - b2**t),
-                         kernels.FLUSH_BELOW], dtype=dtype)
+                         self.lr / (1 - b1**t), inv_sqrt_bc2,
+                         kernels.flush_threshold(dtype, self.eps, inv_sqrt_bc2)], dtype=dtype)
 
     def step(self) -> None:
         """Apply one update to every parameter from its current gradient."""

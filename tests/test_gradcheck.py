@@ -176,6 +176,34 @@ def test_gradcheck_catches_a_wrong_dense_backward(cls, wrong):
     assert "FAIL" in result.report()
 
 
+class DenseDroppingAColumn(Dense):
+    """Returns dL/dx without its last column: the wrong shape."""
+
+    def backward(self, dy, *, input_grad=True):
+        dx = super().backward(dy, input_grad=input_grad)
+        return None if dx is None else dx[:, :-1]
+
+
+def test_gradcheck_names_a_backward_that_returns_the_wrong_shape():
+    layer = DenseDroppingAColumn(6, 4, rng=1, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((4, 6))
+    with pytest.raises(ValueError, match=r"input gradient the shape \(4, 5\).*input, \(4, 6\)"):
+        gradcheck(layer, x)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_gradcheck_leaves_the_train_or_eval_mode_as_it_found_it(training):
+    model = Sequential(Dense(4, 5), ReLU(), Dropout(0.3), Dense(5, 3), seed=0, dtype="float64")
+    model.train(training)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    assert gradcheck(model, x, labels=np.array([0, 1, 2]))
+    assert model.training is training
+    layer = Dropout(0.3, rng=0)
+    layer.train(training)
+    assert gradcheck(layer, x)
+    assert layer.training is training
+
+
 def test_gradcheck_catches_a_wrong_backward_inside_a_model():
     good, x, y = _conditioned_network(4, 5, 6, 6, 3, seed=5)
     assert gradcheck(good, x, labels=y).passed  # the control: same net, correct backward

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nnscratch import kernels
-from nnscratch.kernels import FLUSH_BELOW, KERNEL_NAMES, fused, reference
+from nnscratch.kernels import KERNEL_NAMES, flush_threshold, fused, reference
 
 SHAPES = [(1, 1), (3, 7), (17, 33), (128, 257)]
 DTYPES = [np.float32, np.float64]
@@ -38,8 +38,9 @@ def _both_backends(name, shape, dtype, *args):
 def _adam_coef(dtype, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
     """coef as documented: [b1, 1-b1, b2, 1-b2, eps, 1-lr*wd, lr/(1-b1^t), 1/sqrt(1-b2^t), FLUSH]."""
     b1, b2 = betas
+    inv_sqrt_bc2 = 1 / np.sqrt(1 - b2**t)
     return np.array([b1, 1 - b1, b2, 1 - b2, eps, 1 - lr * wd, lr / (1 - b1**t),
-                     1 / np.sqrt(1 - b2**t), FLUSH_BELOW], dtype=dtype)
+                     inv_sqrt_bc2, flush_threshold(dtype, eps, inv_sqrt_bc2)], dtype=dtype)
 
 
 # ---- the kernel table -------------------------------------------------------------
@@ -166,8 +167,8 @@ def test_adam_update_fused_equals_reference_exactly(shape, dtype):
     m = (rng.standard_normal(shape) * 0.1).astype(dtype)
     v = (rng.random(shape) * 0.01).astype(dtype)
     # Some moments sitting right at the flush threshold.
-    m.reshape(-1)[::6] = np.float32(FLUSH_BELOW) * 1.0001
-    v.reshape(-1)[::7] = np.float32(FLUSH_BELOW) * 1.0001
+    m.reshape(-1)[::6] = np.finfo(dtype).tiny * 1.0001
+    v.reshape(-1)[::7] = np.finfo(dtype).tiny * 1.0001
     state = {mod: [param.copy(), m.copy(), v.copy()] for mod in (reference, fused)}
     for t in range(1, 4):
         grad = rng.standard_normal(shape).astype(dtype)

@@ -216,6 +216,11 @@ def test_dropout_p_outside_zero_one_raises_value_error(p):
         Dropout(p)
 
 
+@pytest.mark.parametrize("p", [0, np.int64(0), np.float32(0.25), np.float64(0.5), 0.999])
+def test_dropout_accepts_any_real_number_in_zero_one(p):
+    assert Dropout(p).p == float(p)
+
+
 # ---- Flatten ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(5, 28, 28), (5, 784), (1, 28, 28), (2, 4, 14, 14)])

@@ -158,3 +158,10 @@ def test_big_endian_labels_work_and_bad_ones_give_a_value_error():
     assert loss.forward(logits, np.array([0, 1, 3], ">i8")) == pytest.approx(np.log(4))
     with pytest.raises(ValueError, match=r"0\.\.3"):
         loss.forward(logits, np.array([0, 1, 5], ">i8"))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.complex64])
+def test_logits_of_another_dtype_raise_a_type_error_naming_it(dtype):
+    # Both backends: the kernels take float32 and float64 only.
+    with pytest.raises(TypeError, match=f"float32 or float64 logits, got {np.dtype(dtype)}"):
+        SoftmaxCrossEntropy().forward(np.zeros((2, 3), dtype), np.array([0, 1]))

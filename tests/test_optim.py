@@ -230,24 +230,60 @@ def test_zero_grad_zeroes_every_gradient():
 # ---- subnormal flush --------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_moments_below_float32_tiny_become_exactly_zero(backend, dtype):
+def test_adam_moments_below_the_dtypes_tiny_become_exactly_zero(backend, dtype):
+    tiny = np.finfo(dtype).tiny
     n = 6
     p = np.ones(n, dtype)
     g = np.zeros(n, dtype)
-    # Just above float32 tiny: one decay step takes them below it.
-    m = np.array([1.0005, -1.0005, 1.0005, 1e3, -1e3, 0.0], dtype) * dtype(TINY32)
-    v = np.array([1.0005, 1.0005, 1e4, 1.0005, 1e4, 0.0], dtype) * dtype(TINY32)
+    # Just above the dtype's tiny: one decay step takes them below it.
+    m = np.array([1.0005, -1.0005, 1.0005, 1e3, -1e3, 0.0], dtype) * dtype(tiny)
+    v = np.array([1.0005, 1.0005, 1e4, 1.0005, 1e4, 0.0], dtype) * dtype(tiny)
     b1, b2 = 0.9, 0.999
-    coef = np.array([b1, 1 - b1, b2, 1 - b2, 1e-8, 1.0, 1e-3 / (1 - b1), 1 / math.sqrt(1 - b2),
-                     kernels.FLUSH_BELOW], dtype)
+    inv_sqrt_bc2 = 1 / math.sqrt(1 - b2)
+    flush = kernels.flush_threshold(dtype, 1e-8, inv_sqrt_bc2)
+    assert flush == tiny
+    coef = np.array([b1, 1 - b1, b2, 1 - b2, 1e-8, 1.0, 1e-3 / (1 - b1), inv_sqrt_bc2, flush], dtype)
     backend.adam_update(p, g, m, v, coef)
     assert np.all(m[:3] == 0)
     assert np.all(v[[0, 1, 3]] == 0)
     # Values that stay above the threshold are kept (and decayed).
-    assert m[3] == dtype(1e3 * TINY32) * dtype(b1) and m[4] == -m[3]
+    assert m[3] == dtype(1e3 * tiny) * dtype(b1) and m[4] == -m[3]
     assert v[2] > 0 and v[4] > 0
-    assert np.all((m == 0) | (np.abs(m) >= TINY32))
-    assert np.all((v == 0) | (v >= TINY32))
+    assert np.all((m == 0) | (np.abs(m) >= tiny))
+    assert np.all((v == 0) | (v >= tiny))
+
+
+def test_flush_threshold_is_the_dtypes_tiny_unless_eps_is_so_small_that_flushing_would_matter():
+    for dtype in (np.float32, np.float64):
+        for inv_sqrt_bc2 in (1.0, 31.6, 1000.0):
+            assert kernels.flush_threshold(dtype, 1e-8, inv_sqrt_bc2) == np.finfo(dtype).tiny
+    # float32: sqrt(tiny) = 1.08e-19, so eps must be >= ~1.8e-12 x inv_sqrt_bc2.
+    assert kernels.flush_threshold(np.float32, 1e-11, 1.0) == np.finfo(np.float32).tiny
+    assert kernels.flush_threshold(np.float32, 1e-11, 31.6) == 0.0
+    assert kernels.flush_threshold(np.float32, 1e-20, 1.0) == 0.0
+    assert kernels.flush_threshold(np.float64, 1e-25, 31.6) == np.finfo(np.float64).tiny
+    assert kernels.flush_threshold(np.float64, 1e-140, 31.6) == 0.0
+
+
+@pytest.mark.parametrize("dtype, eps, grad", [
+    (np.float64, 1e-25, 1e-18),   # v = 1e-39: below float32's tiny, a normal float64
+    (np.float64, 1e-16, 1e-18),
+    (np.float32, 1e-20, 1e-19),   # v = 1e-41: subnormal in float32, sqrt(v) ~ eps
+    (np.float32, 1e-12, 1e-20),
+])
+def test_adam_with_a_tiny_eps_and_tiny_gradients_follows_the_formula(backend, dtype, eps, grad):
+    # Flushing v here would turn m / (sqrt(v_hat) + eps) into m / eps: a step
+    # orders of magnitude too large (found by a comparison with torch.optim.Adam).
+    w = np.zeros(3, dtype)
+    params = [Parameter("w", w, np.zeros_like(w))]
+    opt = Adam(params, lr=1e-3, eps=eps)
+    grads = [np.array([grad, -grad, 2 * grad])] * 3
+    for t, g in enumerate(grads, start=1):
+        params[0].grad[...] = g
+        opt.step()
+        expected, _, _ = adam_closed_form(np.zeros(3), grads[:t], [1e-3] * t, (0.9, 0.999), eps, 0.0)
+        # float32 v is subnormal here and keeps only ~14 significant bits.
+        np.testing.assert_allclose(w, expected, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=0)
 
 
 def test_zero_gradient_for_many_steps_never_leaves_subnormal_moments(backend):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from . import reference
-from .reference import FLUSH_BELOW as FLUSH_BELOW  # re-exported for the optimizer
+from .reference import flush_threshold as flush_threshold  # re-exported for the optimizer
 
 KERNEL_NAMES = (
     "add_bias", "relu_forward", "relu_backward", "dropout_forward", "multiply",

@@ -9,13 +9,31 @@ float32 arrays stay float32 (NumPy 2 keeps ``float32 * float32-scalar`` float32)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-# Adam's moments of weights whose gradient is always zero (e.g. border pixels
-# of every image) decay geometrically into the subnormal range, where every
-# arithmetic operation is ~100x slower. Values below the smallest normal
-# float32 are flushed to exactly zero; that changes an update by < 1e-38.
-FLUSH_BELOW = float(np.finfo(np.float32).tiny)
+
+def flush_threshold(dtype: np.dtype, eps: float, inv_sqrt_bc2: float) -> float:
+    """The magnitude below which ``adam_update`` sets a moment to exactly zero.
+
+    Adam's moments of weights whose gradient is always zero (e.g. border pixels
+    of every image) decay geometrically into the subnormal range, where every
+    arithmetic operation is ~100x slower. Flushing them is free only if it
+    cannot change an update: zeroing v < tiny moves the denominator
+    sqrt(v) inv_sqrt_bc2 + eps by at most sqrt(tiny) inv_sqrt_bc2, and zeroing
+    |m| < tiny moves the update by less than step_size tiny / eps. So the
+    threshold is the dtype's smallest normal number when the first is below
+    half a unit in the last place of eps (then the second is < 1e-26 step_size),
+    and 0 (flush nothing, keep the exact subnormals) for an eps that small:
+    below ~6e-11 in float32 in the first steps, ~2e-12 later; any sane eps in
+    float64.
+    """
+    info = np.finfo(dtype)
+    tiny = float(info.tiny)
+    if math.sqrt(tiny) * inv_sqrt_bc2 <= eps * float(info.eps) / 2:
+        return tiny
+    return 0.0
 
 # Constants of the SplitMix64 finaliser, a cheap, well-mixed integer hash: the
 # dropout mask of element i is a pure function of (key, i), so both backends
@@ -139,7 +157,8 @@ def adam_update(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarra
     """One AdamW step for one parameter, in place.
 
     ``coef`` = [beta1, 1-beta1, beta2, 1-beta2, eps, decay, step_size, inv_sqrt_bc2,
-    FLUSH_BELOW] in the parameter's dtype (see ``nnscratch.optim.Adam``), and
+    flush] in the parameter's dtype (see ``nnscratch.optim.Adam``; ``flush`` from
+    ``flush_threshold``: moments smaller in magnitude become 0), and
 
         m <- beta1 m + (1 - beta1) g           v <- beta2 v + (1 - beta2) g^2
         p <- decay p - step_size m / (sqrt(v) inv_sqrt_bc2 + eps)
