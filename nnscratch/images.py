@@ -15,6 +15,7 @@ installed with nnscratch).
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
@@ -34,6 +35,16 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     longer side."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read it ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: is a directory, not an image")
+    if not stat.S_ISREG(mode):  # a FIFO or a device: opening it could wait forever
+        raise ImageError(f"{path}: not a regular file (a pipe or a device?)")
     try:
         with Image.open(path) as img:
             # JPEG can decode at 1/2, 1/4 or 1/8 size directly: far less memory
@@ -67,7 +78,8 @@ def _grayscale(img) -> np.ndarray:
         # 16-bit or float pixels: Pillow's 8-bit conversions would clip them.
         raw = np.asarray(img)
         gray = raw.astype(np.float64)
-        top = float(np.nanmax(gray, initial=0.0))
+        # The range is judged on finite pixels: one inf must not dim the rest to black.
+        top = float(np.max(gray, initial=0.0, where=np.isfinite(gray)))
         if img.mode == "F":  # floats: taken as 0-1 if they fit, else as 0-255
             gray /= 1.0 if top <= 1.0 else 255.0
         elif img.mode == "I":  # 32-bit integers: the smallest usual range they fit

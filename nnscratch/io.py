@@ -49,6 +49,7 @@ META_KEY = "__meta__"
 MAX_META_BYTES = 1 << 20        # the JSON entry of any real file is a few KB
 MAX_LAYERS = 1000
 MAX_PARAMETERS = 1 << 28        # 1 GiB of float32: refuse to build anything larger
+MAX_CLASS_NAME = 100            # characters; names are printed in reports and plots
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -193,6 +194,17 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, format_name: str,
 
 
 # ---- the model file ----------------------------------------------------------------
+def class_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a class name, or None. Names reach terminals and
+    plots, so control characters (escape codes, newlines) are not allowed."""
+    if not isinstance(name, str):
+        return f"class names must be strings, got {name!r}"
+    if not 1 <= len(name) <= MAX_CLASS_NAME or not name.isprintable():
+        return (f"class name {name[:40]!r} must be 1 to {MAX_CLASS_NAME} printable characters "
+                f"(no control characters)")
+    return None
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -262,8 +274,10 @@ def _expected_model_arrays(meta: dict[str, Any], problems: list[str]
     if dtype not in FLOAT_DTYPES:
         problems.append(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
     names = meta.get("class_names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, list):
         problems.append("class_names must be a list of strings")
+    else:
+        problems += sorted({p for p in map(class_name_problem, names) if p is not None})
     before = len(problems)
     validate_architecture(meta.get("architecture"), problems)
     if len(problems) > before:
@@ -290,6 +304,10 @@ def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[
     if isinstance(class_names, (str, bytes)) or not all(
             isinstance(name, str) for name in class_names):
         raise TypeError(f"class_names must be a list of strings, got {class_names!r}")
+    for name in class_names:
+        problem = class_name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with "
                          f"{model.num_classes} outputs")
@@ -304,13 +322,24 @@ def save(model: Sequential, path: str | os.PathLike, *, class_names: list[str] |
     if not isinstance(model, Sequential):
         raise TypeError(f"save takes a Sequential, got {type(model).__name__}; "
                         f"wrap a single layer as Sequential(layer)")
-    atomic_write_npz(path, model.state_dict(), model_meta(model, class_names))
+    state = model.state_dict(copy=False)
+    bad = [name for name, value in state.items() if not np.isfinite(value).all()]
+    if bad:  # such a model predicts NaN; load would refuse the file
+        raise ValueError(f"save: {', '.join(bad)} contain NaN or infinite values; "
+                         f"the model has diverged and is not worth keeping")
+    atomic_write_npz(path, state, model_meta(model, class_names))
 
 
 def load(path: str | os.PathLike) -> Sequential:
     """Load a model saved by ``save``; raises ``ModelFileError`` (a ValueError)
     naming the file and every problem if it does not verify."""
     meta, arrays = read_npz(path, MODEL_FORMAT, _expected_model_arrays)
+    # The hashes only say the file is as written; a model with NaN or infinite
+    # weights (written by other means) would predict NaN for every image.
+    bad = [f"{name!r} contains NaN or infinite values" for name, value in arrays.items()
+           if not np.isfinite(value).all()]
+    if bad:
+        raise ModelFileError(path, bad)
     model = build_model(meta["architecture"], meta["dtype"])
     model.load_state_dict(arrays)
     model.class_names = list(meta["class_names"])

@@ -13,7 +13,7 @@ from . import kernels
 from .blocks import DenseReLU
 from .blocks import fuse as fuse_layers
 from .checks import make_rng, positive_int
-from .layers import Dense, Dropout, Layer, reuse_buffer
+from .layers import Dense, Dropout, Flatten, Layer, reuse_buffer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Adam, Parameter
 
@@ -184,7 +184,7 @@ class Sequential:
         x = np.asarray(x)
         side = int(round(np.sqrt(self.in_features)))
         square = f" or (N, {side}, {side})" if side * side == self.in_features else ""
-        expected = f"(N, {self.in_features}){square}"
+        expected = f"(N, {self.in_features}){square} (any (N, ...) with {self.in_features} values per sample)"
         if x.dtype != np.uint8 and x.dtype.kind != "f":
             raise ValueError(f"{name}: expected uint8 pixels (0-255) or floats, got dtype {x.dtype}")
         if x.ndim < 2 or int(np.prod(x.shape[1:])) != self.in_features:
@@ -207,7 +207,14 @@ class Sequential:
         batch = reuse_buffer(self._batches, "batch", (len(idx), flat.shape[1]), self.dtype)
         scale = self.dtype.type(1 / 255 if x.dtype == np.uint8 else 1)
         kernels.gather_scale(flat, idx, scale, batch)
-        return batch.reshape((len(idx),) + x.shape[1:])
+        # Images keep their shape only for a model that flattens them itself before
+        # its first Dense layer; any other model gets the (N, in_features) rows.
+        for layer in self.layers:
+            if isinstance(layer, Flatten):
+                return batch.reshape((len(idx),) + x.shape[1:])
+            if isinstance(layer, Dense):
+                break
+        return batch
 
     # ---- Keras-style convenience ----------------------------------------------
     def fit(self, x: np.ndarray, y: np.ndarray, *, optimizer: Adam | None = None,

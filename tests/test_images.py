@@ -4,13 +4,14 @@ All images are made here with Pillow; no model is needed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from nnscratch.images import MAX_SIDE, load_image, looks_blank, read_grayscale
+from nnscratch.images import MAX_SIDE, ImageError, load_image, looks_blank, read_grayscale
 
 
 def _item(h: int = 40, w: int = 24) -> np.ndarray:
@@ -119,3 +120,26 @@ def test_a_dark_item_on_transparency_gets_a_white_background(tmp_path: Path) -> 
     Image.fromarray(photo).save(tmp_path / "photo.png")
     np.testing.assert_allclose(read_grayscale(tmp_path / "dark.png"), photo / 255.0)
     assert np.array_equal(load_image(tmp_path / "dark.png"), load_image(tmp_path / "photo.png"))
+
+
+def test_a_fifo_or_device_is_refused_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image("/dev/zero")
+    with pytest.raises(ImageError, match="is a directory"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_one_infinite_pixel_does_not_dim_a_float_image(tmp_path: Path) -> None:
+    pixels = _item().astype(np.float32) / np.float32(255)
+    pixels[0, 0] = np.inf
+    Image.fromarray(pixels).save(tmp_path / "inf.tif")
+    gray = read_grayscale(tmp_path / "inf.tif")
+    expected = _item() / 255.0
+    expected[0, 0] = 1.0  # the infinite pixel itself is clipped to white
+    np.testing.assert_allclose(gray, expected, atol=1e-6)

@@ -292,3 +292,19 @@ def test_model_meta_is_what_save_writes(tmp_path: Path) -> None:
 ], ids=["float32", "transposed", "big-endian", "empty", "0-d", "str"])
 def test_sha256_of_hashes_the_c_order_bytes(array: np.ndarray) -> None:
     assert nnio.sha256_of(array) == hashlib.sha256(array.tobytes(order="C")).hexdigest()
+
+
+def test_save_refuses_a_model_with_nan_weights_and_writes_nothing(tmp_path):
+    model = Sequential(Flatten(), Dense(4, 3), seed=0)
+    model.layers[1].params["weight"][1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"layers\.1\.weight contain NaN"):
+        save(model, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("name", ["\x1b[2J", "two\nlines", "", "x" * 101])
+def test_save_refuses_class_names_load_would_refuse(tmp_path, name):
+    model = Sequential(Flatten(), Dense(4, 2), seed=0)
+    with pytest.raises(ValueError, match="printable characters"):
+        save(model, tmp_path / "m.npz", class_names=["ok", name])
+    assert not (tmp_path / "m.npz").exists()

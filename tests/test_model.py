@@ -585,3 +585,15 @@ def test_training_steps_reuse_their_buffers_across_epochs_with_a_short_last_batc
     trainer.epochs = 3
     trainer.run()
     assert buffer_ids() == before and len(before) > 4
+
+
+def test_a_model_without_flatten_takes_images_as_rows():
+    # A saved architecture may legally start with ReLU or Dropout and no Flatten:
+    # predict, evaluate and fit must still accept (N, 28, 28) images.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 6)
+    model = Sequential(ReLU(), Dense(784, 10), seed=0)
+    np.testing.assert_array_equal(model.predict(x), model.predict(x.reshape(6, 784)))
+    assert model.evaluate(x, y)["loss"] > 0
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
