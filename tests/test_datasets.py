@@ -513,6 +513,20 @@ def test_cached_labels_out_of_range_fall_back_to_verification(isolated: Path, mo
     assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
 
 
+@pytest.mark.parametrize("name", [TRAIN_IMAGES, TRAIN_LABELS])
+def test_a_cache_edited_with_plausible_values_is_rebuilt_not_used(isolated: Path, monkeypatch, name):
+    # Same shapes, dtypes and label range, same manifest: only the hash can tell.
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    load_fashion_mnist(isolated / "data")
+    cached = user_cache(isolated) / datasets.ARRAY_CACHE_SUBDIR / f"{name}.npy"
+    edited = np.load(cached).copy()
+    edited[...] = 0  # every label "T-shirt/top", or every image black
+    np.save(cached, edited)
+    assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
+    np.testing.assert_array_equal(np.load(cached), arrays[name])  # rewritten from the sources
+
+
 def test_unwritable_cache_dir_still_loads_with_a_warning(isolated: Path, monkeypatch):
     # We run as root, where chmod cannot make a directory read-only, so put
     # the cache under a regular file: every mkdir there fails.
