@@ -78,8 +78,9 @@ MANIFEST_NAME = "manifest.json"
 
 _REPLACE_HINT = (
     "Delete or replace this file (a good copy comes with "
-    "`sudo apt-get install dataset-fashion-mnist`), or point data_dir / "
-    f"{ENV_VAR} at a directory holding the real Fashion-MNIST files."
+    "`sudo apt-get install dataset-fashion-mnist`), or point the data directory "
+    f"(--data-dir, data_dir in Python) or {ENV_VAR} at a directory holding the real "
+    "Fashion-MNIST files."
 )
 
 
@@ -263,17 +264,21 @@ def _find_sources(
 ) -> dict[str, Path]:
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
-        if directory.exists() and not directory.is_dir():
-            raise DataError(f"{directory}: is a file; data_dir must be the directory holding "
-                            "the four Fashion-MNIST files")
+        default_places = ("or leave the data directory out (no --data-dir, no data_dir in "
+                          "Python) to use the default locations.")
+        if not directory.exists():
+            raise DataError(f"{directory}: the data directory does not exist. Create it with "
+                            f"the four Fashion-MNIST files, {default_places}")
+        if not directory.is_dir():
+            raise DataError(f"{directory}: is a file; the data directory must be the directory "
+                            "holding the four Fashion-MNIST files")
         found = _locate(directory)
         missing = [name for name in FILE_NAMES if name not in found]
         if missing:
             wanted = ", ".join(f"{name}[.gz]" for name in missing)
             raise DataError(
                 f"{directory}: expected the four Fashion-MNIST files, but did not "
-                f"find {wanted}. Put them there (as NAME.gz or raw NAME), or call "
-                "load_fashion_mnist() without data_dir to use the default locations."
+                f"find {wanted}. Put them there (as NAME.gz or raw NAME), {default_places}"
             )
         return found
 

@@ -273,6 +273,9 @@ def test_directory_missing_a_file_lists_what_was_looked_for(isolated: Path, monk
 def test_data_dir_is_the_only_place_searched_when_given(isolated: Path, monkeypatch):
     write_dataset(isolated / "good", synthetic_arrays(), monkeypatch)
     monkeypatch.setenv("NNSCRATCH_DATA", str(isolated / "good"))
+    with pytest.raises(DataError, match="empty: the data directory does not exist"):
+        load_fashion_mnist(isolated / "empty")
+    (isolated / "empty").mkdir()
     with pytest.raises(DataError, match="did not find"):
         load_fashion_mnist(isolated / "empty")
 
@@ -306,7 +309,7 @@ def test_incomplete_env_directory_falls_through_to_debian_dir(isolated: Path, mo
 
 def test_data_dir_that_is_a_file_or_unsearchable_is_a_data_error(isolated: Path, monkeypatch):
     (isolated / "file").write_text("not a directory")
-    with pytest.raises(DataError, match="is a file; data_dir must be the directory"):
+    with pytest.raises(DataError, match="is a file; the data directory must be the directory"):
         load_fashion_mnist(isolated / "file")
 
     def refuse(self):
