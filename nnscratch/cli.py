@@ -19,7 +19,9 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
 from .images import ImageError, load_image, looks_blank
-from .io import ModelFileError, load, save
+from .io import MAX_PARAMETERS, ModelFileError, load, save
 from .layers import Dense, Dropout, Flatten, ReLU
 from .model import Sequential
 from .optim import Adam
@@ -102,10 +104,25 @@ def probability(text: str) -> float:
     return value
 
 
+def path_name(text: str) -> Path:
+    # Path("") is ".": an empty --out would scatter a run into the current directory.
+    if not text.strip():
+        raise ValueError
+    return Path(text)
+
+
+def png_path(text: str) -> Path:
+    # The plot is always PNG; a .jpg or .pdf name would hold PNG bytes.
+    if not text.lower().endswith(".png"):
+        raise ValueError
+    return path_name(text)
+
+
 for _f, _name in ((positive_int, "positive integer"), (non_negative_int, "integer >= 0"),
                   (shift_pixels, "shift of 0 to 13 pixels"),
                   (positive_float, "positive number"), (non_negative_float, "number >= 0"),
-                  (drop_probability, "probability in [0, 1)"), (probability, "probability in [0, 1]")):
+                  (drop_probability, "probability in [0, 1)"), (probability, "probability in [0, 1]"),
+                  (path_name, "non-empty path"), (png_path, "file name ending in .png")):
     _f.__name__ = _name  # argparse names the type in its error message
 
 
@@ -143,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--flip", probability, "flip probability with --augment")
     option("--val-size", positive_int, "validation images held out of the 60k")
     option("--seed", non_negative_int, "seed of the one generator: split, init, shuffling, dropout")
-    t.add_argument("--out", type=Path, help="output directory (default: a new runs/<timestamp>/)")
+    t.add_argument("--out", type=path_name, help="output directory (default: a new runs/<timestamp>/)")
     t.add_argument("--data-dir", type=Path,
                    help="directory with the four Fashion-MNIST files (default: search, see README)")
     t.add_argument("--resume", type=Path, metavar="DIR_OR_CHECKPOINT",
@@ -154,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a model file on the Fashion-MNIST test set.")
     e.add_argument("model", type=Path, help="a model.npz written by nnscratch")
     e.add_argument("--data-dir", type=Path, help="directory with the Fashion-MNIST files")
-    e.add_argument("--confusion-matrix", type=Path, metavar="PNG",
-                   help="also write the confusion matrix here")
+    e.add_argument("--confusion-matrix", type=png_path, metavar="PNG",
+                   help="also write the confusion matrix here (a .png file name)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...)",
@@ -176,21 +193,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = parser.commands[args.command]
     if unknown:  # argparse would report these with the top-level usage
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
+    # Only the main thread may set handlers; main() called from another keeps the default.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if on_main_thread else None
     try:
-        if args.command == "train":
-            return cmd_train(args, command)
-        if args.command == "evaluate":
-            return cmd_evaluate(args, command)
-        return cmd_predict(args, command)
+        with warnings.catch_warnings():
+            # A warning is one line for the user, not a source location.
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"nnscratch {args.command}: warning: {message}", file=sys.stderr)
+            if args.command == "train":
+                return cmd_train(args, command)
+            if args.command == "evaluate":
+                return cmd_evaluate(args, command)
+            return cmd_predict(args, command)
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other tools
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (e.g. captured in tests)
+            pass
+        return 1
     except (CLIError, DataError, ModelFileError, OSError) as exc:
         print(f"nnscratch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        print(f"nnscratch {args.command}: error: not enough memory ({exc or 'allocation failed'})"
+              + ("; try a smaller --hidden or --batch-size" if args.command == "train" else ""),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # outside training (which checkpoints): loading data, evaluating
         print(f"nnscratch {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # ---- train ---------------------------------------------------------------------------
+def _refuse_unusable_file(parser: argparse.ArgumentParser, path: Path, option: str) -> None:
+    """A usage error for an output file whose place cannot hold it."""
+    if path.is_dir():
+        parser.error(f"{option} {path}: is a directory, expected a file name")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        parser.error(f"{option} {path}: {existing} exists and is not a directory")
+
+
 def _check_file(parser: argparse.ArgumentParser, path: Path, what: str) -> None:
     if not path.exists():
         parser.error(f"{what} {path}: no such file")
@@ -218,6 +266,11 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
     config = dict(DEFAULTS, **given)
     if config["val_size"] >= 60000:
         parser.error("--val-size must leave training images: use fewer than 60000")
+    widths = [28 * 28, *config["hidden"], len(CLASS_NAMES)]
+    n_params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    if n_params > MAX_PARAMETERS:
+        parser.error(f"--hidden {' '.join(map(str, config['hidden']))} makes {n_params:,} "
+                     f"parameters; a model file holds at most {MAX_PARAMETERS:,}")
     out = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     _refuse_unusable_out(parser, out)
     return config, out, None
@@ -231,6 +284,38 @@ def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path) -> None:
     if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
         parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
                      "or choose another --out")
+    in_the_way = [n for n in RUN_FILES if (out / n).is_dir()]
+    if in_the_way:
+        parser.error(f"--out {out}: {', '.join(in_the_way)} would be written there but "
+                     f"{'is a directory' if len(in_the_way) == 1 else 'are directories'}")
+
+
+RUN_FILES = ("model.npz", "metrics.json", "checkpoint.npz", "confusion_matrix.png",
+             "training_curves.png", "misclassified.png")
+
+
+def _make_out_dir(out: Path) -> list[Path]:
+    """Create ``out`` (and missing parents) before any long work, so that an
+    unusable place fails at once; returns the directories this created."""
+    created = [p for p in (out, *out.absolute().parents) if not p.exists()][::-1]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".nnscratch-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        _remove_if_empty(created)
+        raise CLIError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    return created
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the directories ``_make_out_dir`` created if nothing was written in them."""
+    for path in reversed(created):
+        try:
+            path.rmdir()  # only ever removes an empty directory
+        except OSError:
+            return
 
 
 # How each saved option is checked when a run is resumed (the same rules as the
@@ -315,6 +400,16 @@ class _StopOnSignal:
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config, out, ckpt = _resolve_config(args, parser)
+    created = _make_out_dir(out)
+    try:
+        return _train(args, config, out, ckpt)
+    finally:
+        # A run that failed before writing anything (bad data, divergence in the
+        # first epoch) leaves no empty directory behind.
+        _remove_if_empty(created)
+
+
+def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Path | None) -> int:
     meta = None
     if ckpt is not None:
         config, meta = load_checkpoint(ckpt)
@@ -329,7 +424,6 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     del x_full, y_full
     model = build_mlp(config["hidden"], config["dropout"], rng)
     optimizer = Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.npz"
 
     def on_epoch_end(trainer: Trainer) -> None:
@@ -451,6 +545,8 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .metrics import classification_report, confusion_matrix, format_report
 
     _check_file(parser, args.model, "model")
+    if args.confusion_matrix is not None:
+        _refuse_unusable_file(parser, args.confusion_matrix, "--confusion-matrix")
     model = load(args.model)
     _, (x_test, y_test) = load_fashion_mnist(args.data_dir)
     if model.in_features != 784 or model.num_classes != len(CLASS_NAMES):

@@ -152,6 +152,8 @@ def test_absurd_learning_rate_fails_with_a_message_about_it(tmp_path: Path, lr: 
     if (out / "checkpoint.npz").exists():
         assert str(out / "checkpoint.npz") in errors[0]
         load_checkpoint(out / "checkpoint.npz")
+    else:  # diverged before the first checkpoint: no empty directory is left behind
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("when", ["loss in epoch 2", "weights after epoch 1"])

@@ -1,0 +1,137 @@
+"""Failures of the command line that need no training: usage errors before any
+long work, one-line messages, exit statuses, and nothing left behind.
+
+Runs ``nnscratch.cli.main`` in-process, with the data loader replaced where a
+test must prove it was never reached (or to trigger a failure inside it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnscratch import Dense, Flatten, Sequential, cli, save
+from nnscratch.datasets import DataError
+
+try:
+    from . import helpers  # when tests/ is a package
+except ImportError:
+    import helpers
+
+
+def exit_status(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+def must_not_load_data(*args, **kwargs):
+    raise AssertionError("the data was loaded although the command had to fail first")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.npz"
+    save(Sequential(Flatten(), Dense(784, 10), seed=0), path)
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--out", ""], "invalid non-empty path value"),
+    (["train", "--hidden", "100000", "100000"], "parameters; a model file holds at most"),
+    (["evaluate", "{model}", "--confusion-matrix", "cm.jpg"], "file name ending in .png"),
+    (["evaluate", "{model}", "--confusion-matrix", "{dir}/taken.png"], "is a directory, expected a file"),
+])
+def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.png").mkdir()
+    argv = [a.format(model=model_file, dir=tmp_path) for a in argv]
+    assert exit_status(argv) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "taken.png"]  # nothing new
+
+
+def test_an_output_file_name_taken_by_a_directory_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    (tmp_path / "run" / "metrics.json").mkdir(parents=True)
+    assert exit_status(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "metrics.json would be written there but is a directory" in capsys.readouterr().err
+
+
+def test_an_out_directory_that_cannot_be_created_fails_before_loading_data(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    assert exit_status(["train", "--out", "/proc/nnscratch-test/run"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nnscratch train: error: --out /proc/nnscratch-test/run: "
+                                               "cannot write there")
+
+
+def test_a_failed_run_leaves_no_empty_directories_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    assert exit_status(["train", "--out", str(out), "--data-dir", str(tmp_path / "no-data")]) == 1
+    assert "the data directory does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_existing_out_directory_survives_a_failed_run(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    assert exit_status(["train", "--out", str(out), "--data-dir", str(tmp_path / "no-data")]) == 1
+    assert out.is_dir()  # it was there before: not ours to remove
+
+
+def test_sigterm_outside_training_exits_130_with_one_line(model_file, monkeypatch, capsys):
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not interrupt the command")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert exit_status(["evaluate", str(model_file)]) == 130
+    assert capsys.readouterr().err == "nnscratch evaluate: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # restored for the caller
+
+
+def test_warnings_are_one_line_without_source_locations(model_file, monkeypatch, capsys):
+    def warn_then_fail(*args, **kwargs):
+        warnings.warn("nnscratch: NNSCRATCH_DATA=x holds 0 of the 4 files", RuntimeWarning,
+                      stacklevel=2)
+        raise DataError("no data")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", warn_then_fail)
+    assert exit_status(["evaluate", str(model_file)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "nnscratch evaluate: warning: nnscratch: NNSCRATCH_DATA=x holds 0 of the 4 files",
+        "nnscratch evaluate: error: no data",
+    ]
+
+
+def test_out_of_memory_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 29.2 GiB")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", too_big)
+    assert exit_status(["train", "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == ("nnscratch train: error: not enough memory (Unable to "
+                                       "allocate 29.2 GiB); try a smaller --hidden or --batch-size\n")
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(model_file, tmp_path):
+    image = tmp_path / "item.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(image)
+    proc = subprocess.Popen(helpers.cli_command("predict", model_file, *[image] * 200, "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=helpers.cli_env())
+    proc.stdout.close()  # like `| head` exiting before the output comes
+    _, stderr = proc.communicate(timeout=120)
+    assert b"Traceback" not in stderr and b"Broken pipe" not in stderr, stderr.decode()
+    assert proc.returncode == 1
