@@ -497,9 +497,9 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],
                 results: dict[str, dict[str, float]], timings: dict[str, Any],
                 best_epoch: int | None, out: Path, test: tuple) -> None:
-    import numba
+    from importlib.metadata import version
 
-    from . import plots
+    from . import kernels, plots
     from .metrics import classification_report, confusion_matrix, format_report
 
     probs = model.predict(test[0])
@@ -514,8 +514,11 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
         "class_names": list(CLASS_NAMES), "history": history,
         "timings": timings,
         "config": config,
+        # The installed Numba's version, read without importing it: with
+        # NNSCRATCH_BACKEND=numpy the run never loads Numba at all.
         "versions": {"nnscratch": __version__, "python": platform.python_version(),
-                     "numpy": np.__version__, "numba": numba.__version__},
+                     "numpy": np.__version__, "numba": version("numba")},
+        "backend": kernels.BACKEND,
         "machine": {"processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
     }

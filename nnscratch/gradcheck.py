@@ -12,7 +12,11 @@ fixed random G, so dL/dy = G is what ``backward`` receives. For a model it is
 the mean softmax cross-entropy of its logits. For each checked entry w:
 
     numeric  = (L(w + h) - L(w - h)) / (2h)
-    rel_err  = |analytic - numeric| / max(|analytic| + |numeric|, tiny)
+    rel_err  = |analytic - numeric| / max(|analytic| + |numeric|, tiny, noise / tol)
+
+where noise = 16 eps max(|L|, 1) / h is the float64 rounding noise of a
+difference quotient (eps = 2.2e-16): gradients smaller than noise / tol are
+judged against that floor, not against their own size.
 
 Dropout is checked with a fixed mask: the state of every numpy Generator held
 as an attribute of the module or of its layers (Dropout's ``rng``, or a custom
@@ -123,12 +127,20 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
     elif isinstance(module, SoftmaxCrossEntropy):
         params = []
     else:
+        if labels is not None:
+            raise ValueError("gradcheck: labels apply to a Sequential or the loss; a single "
+                             "layer is checked on L = sum(forward(x) * G) without them")
+        if module.params.keys() != module.grads.keys():
+            raise ValueError(f"gradcheck: {type(module).__name__} has params {sorted(module.params)} "
+                             f"but grads {sorted(module.grads)}; it needs one gradient array per "
+                             "parameter, under the same key")
         params = [(key, value, module.grads[key]) for key, value in module.params.items()]
     for name, value, _ in params:
         if value.dtype != np.float64:
             raise TypeError(f"gradcheck needs float64 parameters; {name} is {value.dtype}. "
                             f"Use Sequential(..., dtype='float64'), or Dense(..., dtype=np.float64) for a "
-                            f"layer checked on its own.")
+                            f"layer checked on its own; Sequential converts only Dense layers, so "
+                            f"create a custom layer's parameters as float64 yourself.")
     x = np.array(x, dtype=np.float64)
     if isinstance(module, SoftmaxCrossEntropy):
         return _gradcheck(module, x, params, labels, h, tol, tiny, max_entries, seed)
@@ -178,7 +190,18 @@ def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, 
             return float(np.sum(module.forward(x) * upstream))
 
         objective()
-        dx = np.array(module.backward(upstream.copy()), dtype=np.float64)
+        raw = module.backward(upstream.copy())
+        if raw is None:
+            raise ValueError(f"gradcheck: {type(module).__name__}.backward returned None; "
+                             "it must return dL/dx, the gradient for its input")
+        dx = np.array(raw, dtype=np.float64)
+    current = ({name: grad for name, _, grad in module.parameters()} if isinstance(module, Sequential)
+               else getattr(module, "grads", {}))
+    replaced = [name for name, _, grad in params if current.get(name) is not grad]
+    if replaced:
+        raise ValueError(f"gradcheck: backward replaced the gradient array of {', '.join(replaced)} "
+                         "instead of writing into it, so an optimizer holding the array would never "
+                         "see the values; write grads[key][...] = ... (or use out=grads[key])")
     analytic = {name: grad.copy() for name, _, grad in params}
     for name, value, grad in [("input", x, dx)] + [(n, v, analytic[n]) for n, v, _ in params]:
         if grad.shape != value.shape:

@@ -301,6 +301,13 @@ def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[
         class_names = getattr(model, "class_names", None) or [
             str(i) for i in range(model.num_classes)]
     # Checked here, so that save never writes a file that load would reject.
+    for i, layer in enumerate(model.layers):
+        # load rebuilds layers by type name, so a subclass or custom layer would come
+        # back as something else (or not at all).
+        if type(layer) is not LAYER_TYPES.get(type(layer).__name__):
+            raise TypeError(f"save: layers.{i} is a {type(layer).__name__}; a model file holds "
+                            f"only {', '.join(LAYER_TYPES)}. Keep a model with custom layers as "
+                            "its weights: np.savez(path, **model.state_dict())")
     if isinstance(class_names, (str, bytes)) or not all(
             isinstance(name, str) for name in class_names):
         raise TypeError(f"class_names must be a list of strings, got {class_names!r}")

@@ -69,7 +69,9 @@ class SoftmaxCrossEntropy:
         return loss
 
     def backward(self) -> np.ndarray:
-        """dL/dlogits for the last forward: (softmax(z) - onehot(t)) / N."""
+        """dL/dlogits for the last forward: (softmax(z) - onehot(t)) / N. This is
+        the loss's own cached array, the same one on every call: read it, or
+        copy it before changing it."""
         if self._dlogits is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
         return self._dlogits

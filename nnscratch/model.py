@@ -97,8 +97,19 @@ class Sequential:
 
     def parameters(self) -> list[Parameter]:
         """Every trainable array with its gradient, named ``layers.{i}.{key}``."""
+        for i, layer in enumerate(self.layers):
+            if layer.params.keys() != layer.grads.keys():
+                raise ValueError(f"layers.{i} ({type(layer).__name__}): params has keys "
+                                 f"{sorted(layer.params)} but grads has {sorted(layer.grads)}; "
+                                 "a layer needs one gradient array per parameter, same key")
         return [Parameter(f"layers.{i}.{key}", value, layer.grads[key])
                 for i, layer in enumerate(self.layers) for key, value in layer.params.items()]
+
+    def _replaced_grads(self, params: list[Parameter]) -> list[str]:
+        """Names of ``params`` whose layer now holds a different gradient array
+        (a backward that assigned ``grads[k] = ...`` instead of writing into it)."""
+        current = {p.name: p.grad for p in self.parameters()}
+        return [p.name for p in params if current.get(p.name, p.grad) is not p.grad]
 
     def state_dict(self, copy: bool = True) -> dict[str, np.ndarray]:
         """Copies of all parameters under flat names such as ``layers.0.weight``
@@ -148,15 +159,21 @@ class Sequential:
         return x
 
     def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
-        # Below the lowest Dense layer only input gradients flow; skip them
-        # (and that layer's dx product) when the caller does not want dx.
+        # Below the lowest layer with parameters only input gradients flow; skip
+        # them (and that layer's dx product) when the caller does not want dx.
         stages = self._current_stages()
         lowest = 0 if input_grad else next(
-            i for i, stage in enumerate(stages) if isinstance(stage, (Dense, DenseReLU)))
+            i for i, stage in enumerate(stages)
+            if isinstance(stage, DenseReLU) or getattr(stage, "params", None))
         for i in range(len(stages) - 1, lowest - 1, -1):
             stage = stages[i]
             if i == lowest and not input_grad:
-                stage.backward(grad, input_grad=False)
+                # Only the built-in Dense backward (and the fused blocks) takes input_grad;
+                # a subclass that overrides backward, or a custom layer, runs in full.
+                if isinstance(stage, DenseReLU) or type(stage).backward is Dense.backward:
+                    stage.backward(grad, input_grad=False)
+                else:
+                    stage.backward(grad)
                 return None
             grad = stage.backward(grad)
         return grad

@@ -135,6 +135,15 @@ class Trainer:
         self.correct += kernels.count_correct(logits, yb)
         return loss
 
+    def _check_grads_in_place(self) -> None:
+        # The optimizer holds each layer's gradient arrays; a custom backward that
+        # assigns new ones would leave it stepping with stale gradients, silently.
+        replaced = self.model._replaced_grads(self.optimizer.params)
+        if replaced:
+            raise TypeError(f"{', '.join(replaced)}: backward replaced the gradient array "
+                            "instead of writing into it, so the optimizer never sees the new "
+                            "values; write grads[key][...] = ... (or use out=grads[key])")
+
     def run(self) -> dict[str, list[float]]:
         """Train until ``epochs`` are done; returns the history."""
         model = self.model
@@ -152,6 +161,7 @@ class Trainer:
                     self._diverged(f"the loss became {loss:.4g}")
                 if self.first_step_done is None:
                     self.first_step_done = time.time()
+                    self._check_grads_in_place()
                 self.loss_sum += loss * len(idx)
                 self.seen += len(idx)
                 self.batch += 1

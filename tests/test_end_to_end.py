@@ -101,6 +101,8 @@ def test_all_outputs_exist_and_are_valid(run: Path, metrics: dict) -> None:
 
     assert set(metrics["versions"]) >= {"nnscratch", "python", "numpy", "numba"}
     assert metrics["versions"]["numpy"] == np.__version__
+    from nnscratch import kernels
+    assert metrics["backend"] == kernels.BACKEND
     history = metrics["history"]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time"):
         assert len(history[key]) == EPOCHS, key
