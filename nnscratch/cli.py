@@ -19,6 +19,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -208,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_evaluate(args, command)
             return cmd_predict(args, command)
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other tools
+        if args.command == "train":  # but a stopped training run deserves a word
+            print("nnscratch train: stopped: standard output was closed", file=sys.stderr)
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):  # stdout is not a real file (e.g. captured in tests)
@@ -217,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnscratch {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except MemoryError as exc:
-        print(f"nnscratch {args.command}: error: not enough memory ({exc or 'allocation failed'})"
+        print(f"nnscratch {args.command}: error: not enough memory ({str(exc) or 'allocation failed'})"
               + ("; try a smaller --hidden or --batch-size" if args.command == "train" else ""),
               file=sys.stderr)
         return 1
@@ -225,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnscratch {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if on_main_thread:
+        if on_main_thread and previous is not None:  # None: a handler set outside Python
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -257,7 +260,8 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
         ckpt = args.resume / "checkpoint.npz" if args.resume.is_dir() else args.resume
         if not ckpt.exists():
             parser.error(f"--resume {args.resume}: no checkpoint.npz there")
-        out = args.out if args.out is not None else ckpt.parent
+        # normpath: "a/b/.." must be checked (and created) as "a", the place written to.
+        out = Path(os.path.normpath(args.out)) if args.out is not None else ckpt.parent
         if out.resolve() != ckpt.parent.resolve():
             _refuse_unusable_out(parser, out)
         return {}, out, ckpt
@@ -271,7 +275,8 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
     if n_params > MAX_PARAMETERS:
         parser.error(f"--hidden {' '.join(map(str, config['hidden']))} makes {n_params:,} "
                      f"parameters; a model file holds at most {MAX_PARAMETERS:,}")
-    out = args.out if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out = (Path(os.path.normpath(args.out)) if args.out is not None
+           else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     _refuse_unusable_out(parser, out)
     return config, out, None
 
@@ -294,18 +299,17 @@ RUN_FILES = ("model.npz", "metrics.json", "checkpoint.npz", "confusion_matrix.pn
              "training_curves.png", "misclassified.png")
 
 
-def _make_out_dir(out: Path) -> list[Path]:
+def _make_out_dir(out: Path, option: str = "--out") -> list[Path]:
     """Create ``out`` (and missing parents) before any long work, so that an
     unusable place fails at once; returns the directories this created."""
     created = [p for p in (out, *out.absolute().parents) if not p.exists()][::-1]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".nnscratch-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out):  # a nameless file: proves writes work there
+            pass
     except OSError as exc:
         _remove_if_empty(created)
-        raise CLIError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+        raise CLIError(f"{option} {out}: cannot write there ({exc.strerror or exc})") from None
     return created
 
 
@@ -389,6 +393,8 @@ class _StopOnSignal:
               "checkpoint (again to stop at once)...", file=sys.stderr, flush=True)
 
     def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers: signals keep their defaults
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -545,11 +551,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 # ---- evaluate ------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .metrics import classification_report, confusion_matrix, format_report
-
     _check_file(parser, args.model, "model")
+    created: list[Path] = []
     if args.confusion_matrix is not None:
         _refuse_unusable_file(parser, args.confusion_matrix, "--confusion-matrix")
+        created = _make_out_dir(args.confusion_matrix.parent, "--confusion-matrix")
+    try:
+        return _evaluate(args)
+    finally:
+        _remove_if_empty(created)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .metrics import classification_report, confusion_matrix, format_report
+
     model = load(args.model)
     _, (x_test, y_test) = load_fashion_mnist(args.data_dir)
     if model.in_features != 784 or model.num_classes != len(CLASS_NAMES):

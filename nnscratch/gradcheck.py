@@ -146,12 +146,13 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
         return _gradcheck(module, x, params, labels, h, tol, tiny, max_entries, seed)
     # Checked in training mode (dropout active, with its mask held fixed);
     # the caller's mode is restored afterwards.
-    was_training = module.training
+    modes = [(m, m.training) for m in [module, *getattr(module, "layers", [])]]
     module.train()
     try:
         return _gradcheck(module, x, params, labels, h, tol, tiny, max_entries, seed)
     finally:
-        module.train(was_training)
+        for m, training in modes:  # each layer's own flag, not just the model's
+            m.training = training
 
 
 def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, params: list,
@@ -177,10 +178,12 @@ def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, 
 
         def objective() -> float:
             restore_rngs()
-            return module.loss.forward(module._forward(x), labels)
+            # x itself, perturbed in place between calls; as rows if the model has no Flatten.
+            return module.loss.forward(module._forward(x if module._flattens_input()
+                                                       else x.reshape(len(x), -1)), labels)
 
         objective()
-        dx = module._backward(module.loss.backward(), input_grad=True).copy()
+        dx = module._backward(module.loss.backward(), input_grad=True).reshape(x.shape).copy()
     else:
         restore_rngs()
         upstream = sample_rng.standard_normal(np.shape(module.forward(x)))

@@ -41,6 +41,8 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:  # e.g. an embedded NUL byte in the path
+        raise ImageError(f"{path!r}: not a usable path ({exc})") from None
     if stat.S_ISDIR(mode):
         raise ImageError(f"{path}: is a directory, not an image")
     if not stat.S_ISREG(mode):  # a FIFO or a device: opening it could wait forever

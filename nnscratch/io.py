@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -199,9 +200,13 @@ def class_name_problem(name: Any) -> str | None:
     plots, so control characters (escape codes, newlines) are not allowed."""
     if not isinstance(name, str):
         return f"class names must be strings, got {name!r}"
-    if not 1 <= len(name) <= MAX_CLASS_NAME or not name.isprintable():
+    # Control, format (e.g. bidirectional overrides), private-use and unassigned
+    # characters, and line breaks; ordinary Unicode text, spaces included, is fine.
+    hidden = any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
+                 for c in name)
+    if not 1 <= len(name) <= MAX_CLASS_NAME or hidden:
         return (f"class name {name[:40]!r} must be 1 to {MAX_CLASS_NAME} printable characters "
-                f"(no control characters)")
+                f"(no control characters or line breaks)")
     return None
 
 

@@ -182,12 +182,15 @@ class Sequential:
         """Logits (N, num_classes) for a batch (a new array). uint8 input is
         scaled by 1/255; float input is converted to the model dtype."""
         x = self.check_input(x)
+        self._input_shape = x.shape  # backward returns dL/dx in this shape
         return self._forward(self._as_batch(x, np.arange(len(x)))).copy()
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """Backpropagate dL/dlogits through every layer after ``forward``: fills
-        each layer's ``grads`` and returns dL/dx (a new array)."""
-        return self._backward(np.asarray(dlogits, self.dtype), input_grad=True).copy()
+        each layer's ``grads`` and returns dL/dx (a new array, shaped like x)."""
+        dx = self._backward(np.asarray(dlogits, self.dtype), input_grad=True)
+        shape = getattr(self, "_input_shape", dx.shape)
+        return (dx.reshape(shape) if np.prod(shape) == dx.size else dx).copy()
 
     __call__ = forward
 
@@ -224,14 +227,19 @@ class Sequential:
         batch = reuse_buffer(self._batches, "batch", (len(idx), flat.shape[1]), self.dtype)
         scale = self.dtype.type(1 / 255 if x.dtype == np.uint8 else 1)
         kernels.gather_scale(flat, idx, scale, batch)
-        # Images keep their shape only for a model that flattens them itself before
-        # its first Dense layer; any other model gets the (N, in_features) rows.
+        if self._flattens_input():
+            return batch.reshape((len(idx),) + x.shape[1:])
+        return batch
+
+    def _flattens_input(self) -> bool:
+        """Whether a Flatten comes before the first Dense layer. Images keep their
+        shape only for such a model; any other gets (N, in_features) rows."""
         for layer in self.layers:
             if isinstance(layer, Flatten):
-                return batch.reshape((len(idx),) + x.shape[1:])
+                return True
             if isinstance(layer, Dense):
-                break
-        return batch
+                return False
+        return False
 
     # ---- Keras-style convenience ----------------------------------------------
     def fit(self, x: np.ndarray, y: np.ndarray, *, optimizer: Adam | None = None,

@@ -34,7 +34,7 @@ class Adam:
     parameters' dtype, so in float32 a per-step decay below ~3e-8 (lr *
     weight_decay) rounds to no decay at all, as in PyTorch's float32 AdamW.
     Moments decaying into the slow subnormal range are set to zero when that
-    cannot change an update (``kernels.flush_threshold``).
+    changes no update by more than ~1e-26 lr (``kernels.flush_threshold``).
 
     ``params`` is what ``Sequential.parameters()`` returns: ``Parameter``
     tuples (name, value, grad). ``lr`` may be changed between steps (schedules).

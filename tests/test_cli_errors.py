@@ -116,14 +116,37 @@ def test_warnings_are_one_line_without_source_locations(model_file, monkeypatch,
     ]
 
 
-def test_out_of_memory_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("error, shown", [(MemoryError("Unable to allocate 29.2 GiB"),
+                                             "Unable to allocate 29.2 GiB"),
+                                            (MemoryError(), "allocation failed")])
+def test_out_of_memory_is_a_one_line_error(monkeypatch, tmp_path, capsys, error, shown):
     def too_big(*args, **kwargs):
-        raise MemoryError("Unable to allocate 29.2 GiB")
+        raise error
 
     monkeypatch.setattr(cli, "load_fashion_mnist", too_big)
     assert exit_status(["train", "--out", str(tmp_path / "run")]) == 1
-    assert capsys.readouterr().err == ("nnscratch train: error: not enough memory (Unable to "
-                                       "allocate 29.2 GiB); try a smaller --hidden or --batch-size\n")
+    assert capsys.readouterr().err == (f"nnscratch train: error: not enough memory ({shown}); "
+                                       "try a smaller --hidden or --batch-size\n")
+
+
+def test_an_out_path_with_dotdot_is_checked_as_the_place_it_names(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert exit_status(["train", "--out", "q/../r", "--data-dir", "no-data"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither q nor r left behind
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "model.npz").write_bytes(b"a finished run")
+    assert exit_status(["train", "--out", "done/new/.."]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "done" / "model.npz").read_bytes() == b"a finished run"
+    assert not (tmp_path / "done" / "new").exists()
+
+
+def test_an_unwritable_confusion_matrix_place_fails_before_evaluating(model_file, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    assert exit_status(["evaluate", str(model_file), "--confusion-matrix", "/proc/nnscratch/cm.png"]) == 1
+    assert "--confusion-matrix /proc/nnscratch: cannot write there" in capsys.readouterr().err
 
 
 def test_predict_into_a_closed_pipe_stops_quietly(model_file, tmp_path):

@@ -202,6 +202,11 @@ def test_gradcheck_leaves_the_train_or_eval_mode_as_it_found_it(training):
     layer.train(training)
     assert gradcheck(layer, x)
     assert layer.training is training
+    # Mixed: each layer keeps its own flag.
+    model.train()
+    model.layers[2].eval()
+    assert gradcheck(model, x, labels=np.array([0, 1, 2]))
+    assert [layer.training for layer in model.layers] == [True, True, False, True]
 
 
 def test_gradcheck_catches_a_wrong_backward_inside_a_model():

@@ -133,6 +133,8 @@ def test_a_fifo_or_device_is_refused_without_opening_it(tmp_path: Path) -> None:
         load_image(tmp_path)
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="not a usable path"):
+        load_image("a\x00b.png")
 
 
 def test_one_infinite_pixel_does_not_dim_a_float_image(tmp_path: Path) -> None:

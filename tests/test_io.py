@@ -308,3 +308,12 @@ def test_save_refuses_class_names_load_would_refuse(tmp_path, name):
     with pytest.raises(ValueError, match="printable characters"):
         save(model, tmp_path / "m.npz", class_names=["ok", name])
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_class_names_may_use_any_printable_unicode(tmp_path):
+    model = Sequential(Flatten(), Dense(4, 3), seed=0)
+    names = ["T-shirt\u00a0top", "Kleid", "\u978b"]  # a no-break space, German, Chinese
+    save(model, tmp_path / "m.npz", class_names=names)
+    assert load(tmp_path / "m.npz").class_names == names
+    with pytest.raises(ValueError, match="no control characters"):
+        save(model, tmp_path / "m.npz", class_names=["a", "b\tc", "\u202eevil"])

@@ -597,3 +597,14 @@ def test_a_model_without_flatten_takes_images_as_rows():
     np.testing.assert_array_equal(model.predict(x), model.predict(x.reshape(6, 784)))
     assert model.evaluate(x, y)["loss"] > 0
     model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+
+
+def test_a_model_without_flatten_returns_dx_shaped_like_its_input_and_gradchecks():
+    from nnscratch import gradcheck
+
+    x = np.random.default_rng(1).random((3, 28, 28))
+    y = np.array([0, 1, 2])
+    model = Sequential(Dense(784, 8), ReLU(), Dense(8, 10), seed=0, dtype="float64")
+    model.loss.forward(model.forward(x), y)
+    assert model.backward(model.loss.backward()).shape == (3, 28, 28)
+    assert gradcheck(model, x, labels=y)

@@ -265,6 +265,21 @@ def test_flush_threshold_is_the_dtypes_tiny_unless_eps_is_so_small_that_flushing
     assert kernels.flush_threshold(np.float64, 1e-140, 31.6) == 0.0
 
 
+def test_flushing_never_changes_an_update_even_with_eps_at_the_threshold(backend):
+    # An eps whose half-ulp is just below sqrt(tiny) * inv_sqrt_bc2: flushing v = 0.99 tiny
+    # would move the float32 result by one ulp, so the threshold must be 0 here.
+    eps, inv_sqrt_bc2 = np.float32(1.99 * 2**-39), np.float32(1.9)
+    assert kernels.flush_threshold(np.float32, float(eps), float(inv_sqrt_bc2)) == 0.0
+    results = []
+    for flush in (kernels.flush_threshold(np.float32, float(eps), float(inv_sqrt_bc2)), 0.0):
+        p, g, m = np.zeros(1, np.float32), np.zeros(1, np.float32), np.ones(1, np.float32)
+        v = np.full(1, 0.99 * TINY32, np.float32)
+        coef = np.array([1, 0, 1, 0, eps, 1, 0.1, inv_sqrt_bc2, flush], np.float32)
+        backend.adam_update(p, g, m, v, coef)
+        results.append(p[0])
+    assert results[0] == results[1]
+
+
 @pytest.mark.parametrize("dtype, eps, grad", [
     (np.float64, 1e-25, 1e-18),   # v = 1e-39: below float32's tiny, a normal float64
     (np.float64, 1e-16, 1e-18),

@@ -24,14 +24,14 @@ def flush_threshold(dtype: np.dtype, eps: float, inv_sqrt_bc2: float) -> float:
     sqrt(v) inv_sqrt_bc2 + eps by at most sqrt(tiny) inv_sqrt_bc2, and zeroing
     |m| < tiny moves the update by less than step_size tiny / eps. So the
     threshold is the dtype's smallest normal number when the first is below
-    half a unit in the last place of eps (then the second is < 1e-26 step_size),
-    and 0 (flush nothing, keep the exact subnormals) for an eps that small:
-    below ~6e-11 in float32 in the first steps, ~2e-12 later; any sane eps in
-    float64.
+    half a unit in the last place of eps, so that eps + it rounds to eps (then
+    the second is < 1e-26 step_size), and 0 (flush nothing, keep the exact
+    subnormals) for an eps that small: below about 1e-10 in float32 in the
+    first steps, about 3e-12 later; any sane eps in float64.
     """
-    info = np.finfo(dtype)
-    tiny = float(info.tiny)
-    if math.sqrt(tiny) * inv_sqrt_bc2 <= eps * float(info.eps) / 2:
+    dtype = np.dtype(dtype)
+    tiny = float(np.finfo(dtype).tiny)
+    if math.sqrt(tiny) * inv_sqrt_bc2 < float(np.spacing(dtype.type(eps))) / 2:
         return tiny
     return 0.0
 
