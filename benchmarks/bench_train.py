@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(results))
     print(f"\nnnscratch train: time to first batch {command['cold']['first_batch_s']:.2f} s cold "
           f"(empty Numba cache), {command['warm']['first_batch_s']:.2f} s warm; peak RSS "
-          f"{command['warm']['peak_rss_mb']:.0f} MB (cold run {command['cold']['peak_rss_mb']:.0f} MB)")
+          f"{command['warm']['peak_rss_mb']:.0f} MiB (cold run {command['cold']['peak_rss_mb']:.0f} MiB)")
     if args.json:
         args.json.write_text(json.dumps({"machine": peers.machine_info(), "blas": peers.blas_info(),
                                          "epochs": epochs, "rounds": rounds, "results": results,

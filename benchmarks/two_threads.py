@@ -80,7 +80,12 @@ def adam_split(rng: np.random.Generator, pool: ThreadPoolExecutor, rounds: int =
 
 
 def split_batch(rng: np.random.Generator, pool: ThreadPoolExecutor, rounds: int = 3) -> None:
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("\nskipped the split-batch measurement: it needs threadpoolctl to limit OpenBLAS "
+              "to one thread (pip install -r benchmarks/requirements.txt)")
+        return
 
     dims = [784, 256, 128, 10]
     weights = [rng.standard_normal((a, b), dtype=np.float32) for a, b in zip(dims, dims[1:])]
