@@ -503,8 +503,6 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],
                 results: dict[str, dict[str, float]], timings: dict[str, Any],
                 best_epoch: int | None, out: Path, test: tuple) -> None:
-    from importlib.metadata import version
-
     from . import kernels, plots
     from .metrics import classification_report, confusion_matrix, format_report
 
@@ -523,7 +521,7 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
         # The installed Numba's version, read without importing it: with
         # NNSCRATCH_BACKEND=numpy the run never loads Numba at all.
         "versions": {"nnscratch": __version__, "python": platform.python_version(),
-                     "numpy": np.__version__, "numba": version("numba")},
+                     "numpy": np.__version__, "numba": _installed_version("numba")},
         "backend": kernels.BACKEND,
         "machine": {"processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
@@ -542,6 +540,16 @@ def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, li
     for name in ("model.npz", "metrics.json", "confusion_matrix.png", "training_curves.png",
                  "misclassified.png"):
         print(f"wrote {out / name}")
+
+
+def _installed_version(package: str) -> str | None:
+    """A package's installed version, read from its metadata without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _write_json(path: Path, data: Any) -> None:
