@@ -32,12 +32,14 @@ not counted as errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .checks import is_finite_at_least, positive_int
 from .layers import Layer
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
@@ -122,6 +124,12 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
     with ``seed``); biases are always checked in full. Returns a
     ``GradcheckResult`` (truthy when passed, ``.report()`` for the table).
     """
+    for name, value, ok in (("h", h, is_finite_at_least(h, 0.0, strict=True)),
+                            ("tol", tol, is_finite_at_least(tol, 0.0, strict=True)),
+                            ("tiny", tiny, is_finite_at_least(tiny, 0.0, strict=True))):
+        if not ok:
+            raise ValueError(f"gradcheck: {name} must be a finite number > 0, got {value!r}")
+    max_entries = positive_int("gradcheck: max_entries", max_entries)
     if isinstance(module, Sequential):
         params = module.parameters()
     elif isinstance(module, SoftmaxCrossEntropy):
@@ -256,6 +264,8 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
             continue
         a = float(grad[at])
         rel = abs(a - numeric) / max(abs(a) + abs(numeric), tiny, noise / tol)
+        if not math.isfinite(rel):  # a NaN or infinite gradient (or objective) is never right
+            rel = math.inf
         if rel >= worst[0]:
             worst = (rel, tuple(int(j) for j in at), a, numeric)
     checked = len(entries) - kinks

@@ -116,6 +116,8 @@ class Dense(Layer):
                 raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
         if init not in ("he", "glorot"):
             raise ValueError(f"Dense: init must be 'he' or 'glorot', got {init!r}")
+        if dtype is None or np.dtype(dtype) not in (np.float32, np.float64):
+            raise ValueError(f"Dense: dtype must be float32 or float64 (the kernels' two), got {dtype!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.init = init

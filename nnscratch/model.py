@@ -13,7 +13,7 @@ from . import kernels
 from .blocks import DenseReLU
 from .blocks import fuse as fuse_layers
 from .checks import make_rng, positive_int
-from .layers import Dense, Dropout, Flatten, Layer, reuse_buffer
+from .layers import Dense, Dropout, Flatten, Layer, ReLU, reuse_buffer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Adam, Parameter
 
@@ -44,6 +44,12 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
+        repeated = {type(layer).__name__ for layer in layers if layers.count(layer) > 1}
+        if repeated:  # one object twice would cache one forward over the other
+            raise ValueError(f"Sequential: the same {', '.join(sorted(repeated))} object appears "
+                             "more than once; create a new layer for each place")
+        if dtype is None:
+            raise ValueError("Sequential: dtype must be float32 or float64, got None")
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"Sequential: dtype must be float32 or float64, got {self.dtype}")
@@ -52,6 +58,9 @@ class Sequential:
         if not dense:
             raise ValueError("Sequential: needs at least one Dense layer")
         for lower, upper in zip(dense, dense[1:]):
+            between = self.layers[self.layers.index(lower) + 1:self.layers.index(upper)]
+            if any(type(layer) not in (ReLU, Dropout, Flatten) for layer in between):
+                continue  # a custom layer between them may change the feature count
             if lower.out_features != upper.in_features:
                 raise ValueError(f"Sequential: {lower!r} outputs {lower.out_features} features "
                                  f"but the next {upper!r} expects {upper.in_features}")
@@ -187,8 +196,17 @@ class Sequential:
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """Backpropagate dL/dlogits through every layer after ``forward``: fills
-        each layer's ``grads`` and returns dL/dx (a new array, shaped like x)."""
-        dx = self._backward(np.asarray(dlogits, self.dtype), input_grad=True)
+        each layer's ``grads`` and returns dL/dx (a new array, shaped like x).
+        The layers' caches hold the model's last forward pass of any kind, so
+        call this right after ``forward`` (``predict``/``evaluate``/``fit`` in
+        between replace what it differentiates)."""
+        dlogits = np.asarray(dlogits, self.dtype)
+        last = getattr(self, "_input_shape", None)
+        if dlogits.ndim != 2 or dlogits.shape[1] != self.num_classes or (
+                last is not None and dlogits.shape[0] != last[0]):
+            raise ValueError(f"backward: dlogits must have the shape of the last forward's logits "
+                             f"({last[0] if last else 'N'}, {self.num_classes}), got {dlogits.shape}")
+        dx = self._backward(dlogits, input_grad=True)
         shape = getattr(self, "_input_shape", dx.shape)
         return (dx.reshape(shape) if np.prod(shape) == dx.size else dx).copy()
 
@@ -218,6 +236,8 @@ class Sequential:
             x = x.astype(self.dtype)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{name}: contains NaN or infinite values")
+        if not x.flags.c_contiguous:  # once here, not a whole-array copy per batch later
+            x = np.ascontiguousarray(x)
         return x
 
     def _as_batch(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -257,8 +277,12 @@ class Sequential:
         ``lr_schedule`` is "constant", "cosine" (linear warm-up over
         ``warmup_epochs``, then cosine decay to 0 at the last step), or a
         function of the 1-based step of this call (a reused optimizer's earlier
-        steps do not count), returning a learning rate >= 0. ``restore_best`` keeps the weights of the
-        epoch with the best validation accuracy.
+        steps do not count), returning a learning rate >= 0. "constant" and
+        "cosine" start from ``optimizer.initial_lr`` (the ``lr`` Adam was built
+        with), not from ``optimizer.lr``, which a previous schedule may have left
+        at 0: to train on at another rate, build a new Adam or set
+        ``initial_lr``. ``restore_best`` keeps the weights of the epoch with the
+        best validation accuracy.
         """
         from .training import Trainer  # the loop lives in its own module
 

@@ -50,6 +50,19 @@ class Adam:
         if len(set(names)) != len(names):
             raise ValueError(f"Adam: parameter names must be unique, got {names}")
         problems = _hyperparameter_problems(lr, betas, eps, weight_decay)
+        for p in self.params:
+            # The kernels walk value and gradient together, element by element.
+            if not isinstance(p.value, np.ndarray) or not isinstance(p.grad, np.ndarray):
+                problems.append(f"{p.name}: value and grad must be NumPy arrays")
+            elif p.value.dtype not in (np.float32, np.float64) or p.grad.dtype != p.value.dtype \
+                    or p.grad.shape != p.value.shape:
+                problems.append(f"{p.name}: value ({p.value.dtype} {p.value.shape}) and grad "
+                                f"({p.grad.dtype} {p.grad.shape}) must be float32 or float64 "
+                                "arrays of the same dtype and shape")
+            elif not (p.value.flags.c_contiguous and p.grad.flags.c_contiguous) \
+                    or not p.value.flags.writeable:
+                problems.append(f"{p.name}: value and grad must be C-contiguous, and the value "
+                                "writeable (the update is in place)")
         if problems:
             raise ValueError("Adam: " + "; ".join(problems))
         self.lr = float(lr)

@@ -43,14 +43,22 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` as PNG, atomically (readers never see half a file)."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".png":  # the bytes are PNG whatever the name says
+        raise ValueError(f"{path}: plots are written as PNG; give a file name ending in .png")
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
+MAX_LABEL = 24  # characters of a class name shown on an axis
+
+
 def _plain_texts(names: Sequence[object]) -> list[str]:
-    """Class names as literal text: matplotlib would read "$...$" as math."""
-    return [str(name).replace("$", r"\$") for name in names]
+    """Class names as literal text (matplotlib would read "$...$" as math),
+    shortened to MAX_LABEL characters so long names cannot swamp the plot."""
+    texts = [str(name) for name in names]
+    texts = [t if len(t) <= MAX_LABEL else t[:MAX_LABEL - 1] + "\u2026" for t in texts]
+    return [t.replace("$", r"\$") for t in texts]
 
 
 def _labels(values: ArrayLike, name: str) -> np.ndarray:

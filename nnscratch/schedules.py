@@ -41,6 +41,8 @@ class WarmupCosine:
                              f"<= total_steps ({self.total_steps}) and total_steps >= 1")
 
     def __call__(self, step: int) -> float:
+        if step < 1:
+            raise ValueError(f"WarmupCosine: steps are counted from 1, got {step!r}")
         if step <= self.warmup_steps:
             return self.base_lr * step / self.warmup_steps
         span = max(self.total_steps - self.warmup_steps, 1)

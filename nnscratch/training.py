@@ -62,12 +62,23 @@ class Trainer:
             vx, vy = validation_data
             vx = model.check_input(vx, "validation x")
             self.validation = (vx, model._check_labels(vy, len(vx)))
+        if not isinstance(restore_best, (bool, np.bool_)):
+            raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
+        if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose < 0:
+            raise ValueError(f"verbose must be 0 (silent) or 1 (progress), got {verbose!r}")
         if restore_best and self.validation is None:
             raise ValueError("restore_best needs validation_data to pick the best epoch")
         self.restore_best = restore_best
         if seed is not None:
             model.set_rng(make_rng(seed))
+        if optimizer is not None and not isinstance(optimizer, Adam):
+            raise TypeError(f"optimizer must be an nnscratch.Adam, got {type(optimizer).__name__}")
         self.optimizer = optimizer if optimizer is not None else Adam(model.parameters())
+        own = {id(p.value) for p in model.parameters()}
+        foreign = [p.name for p in self.optimizer.params if id(p.value) not in own]
+        if foreign:  # (a subset of the model's parameters is fine: the rest stays frozen)
+            raise ValueError(f"the optimizer updates arrays that are not this model's parameters "
+                             f"({', '.join(foreign)}); build it from model.parameters()")
         # Schedules count this run's steps: an optimizer reused from an earlier
         # fit keeps its step count (Adam's bias correction needs it), but a new
         # cosine schedule must start again from its beginning.

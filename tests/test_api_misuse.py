@@ -1,0 +1,143 @@
+"""Misuse of the Python API that once passed silently or failed deep inside:
+each is now a clear error (or, for slow inputs, handled once up front)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnscratch as nn
+from nnscratch.schedules import WarmupCosine
+
+
+def small(seed=0, dtype="float64"):
+    return nn.Sequential(nn.Dense(4, 5), nn.ReLU(), nn.Dense(5, 3), seed=seed, dtype=dtype)
+
+
+class NaNGradient(nn.Layer):
+    """Forward is the identity; backward reports NaN for everything."""
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, dy):
+        return dy * np.nan
+
+
+def test_gradcheck_fails_a_nan_gradient_and_nan_input():
+    x, y = np.random.default_rng(0).random((3, 4)), np.array([0, 1, 2])
+    result = nn.gradcheck(NaNGradient(), x)
+    assert not result.passed and "FAIL" in result.report()
+    model = nn.Sequential(nn.Dense(4, 4), NaNGradient(), nn.Dense(4, 3), seed=0, dtype="float64")
+    assert not nn.gradcheck(model, x, labels=y)
+    assert not nn.gradcheck(small(), np.full((3, 4), np.nan), labels=y)
+
+
+@pytest.mark.parametrize("kwargs", [{"h": 0}, {"h": float("nan")}, {"tol": 0}, {"tol": -1},
+                                    {"tiny": 0}, {"max_entries": -1}, {"max_entries": 0}])
+def test_gradcheck_validates_its_own_arguments(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        nn.gradcheck(nn.Dense(3, 2, dtype=np.float64), np.ones((2, 3)), **kwargs)
+
+
+def test_fit_refuses_an_optimizer_built_for_another_model():
+    x, y = np.random.default_rng(0).random((8, 4)), np.arange(8) % 3
+    model, other = small(0), small(1)
+    with pytest.raises(ValueError, match="not this model's parameters"):
+        model.fit(x, y, optimizer=nn.Adam(other.parameters()), verbose=0)
+    # A subset of the model's own parameters is fine: the rest stays frozen.
+    frozen = model.layers[0].params["weight"].copy()
+    model.fit(x, y, optimizer=nn.Adam(model.parameters()[2:]), verbose=0)
+    np.testing.assert_array_equal(model.layers[0].params["weight"], frozen)
+    with pytest.raises(TypeError, match="optimizer must be an nnscratch.Adam"):
+        model.fit(x, y, optimizer="adam", verbose=0)
+
+
+@pytest.mark.parametrize("grad, message", [
+    (np.ones(1, np.float32), "same dtype and shape"),
+    (np.ones(1000, np.float64), "same dtype and shape"),
+    (np.ones(2000, np.float32)[::2], "C-contiguous"),
+])
+def test_adam_refuses_a_gradient_that_does_not_match_its_parameter(grad, message):
+    # The Numba kernel walks both arrays together: a shorter gradient would be
+    # read past its end.
+    with pytest.raises(ValueError, match=message):
+        nn.Adam([nn.Parameter("a", np.zeros(1000, np.float32), grad)])
+
+
+def test_the_same_layer_object_twice_in_a_model_is_refused():
+    dense = nn.Dense(6, 6)
+    with pytest.raises(ValueError, match="same Dense object appears more than once"):
+        nn.Sequential(dense, nn.ReLU(), dense)
+
+
+def test_a_custom_layer_may_change_the_feature_count_between_dense_layers():
+    class Halve(nn.Layer):
+        def forward(self, x):
+            return x[:, ::2].copy()
+
+        def backward(self, dy):
+            dx = np.zeros((len(dy), 2 * dy.shape[1]), dy.dtype)
+            dx[:, ::2] = dy
+            return dx
+
+    model = nn.Sequential(nn.Dense(4, 8), nn.ReLU(), Halve(), nn.Dense(4, 3), seed=0, dtype="float64")
+    x, y = np.random.default_rng(0).random((5, 4)), np.array([0, 1, 2, 0, 1])
+    assert nn.gradcheck(model, x, labels=y)
+    with pytest.raises(ValueError, match="outputs 8 features but the next"):
+        nn.Sequential(nn.Dense(4, 8), nn.ReLU(), nn.Dense(4, 3))
+
+
+def test_a_fortran_ordered_dataset_is_made_contiguous_once_with_the_same_results():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 40)
+    model = nn.Sequential(nn.Flatten(), nn.Dense(784, 10), seed=0)
+    checked = model.check_input(np.asfortranarray(x))
+    assert checked.flags.c_contiguous
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(x)), model.predict(x))
+    a, b = (nn.Sequential(nn.Flatten(), nn.Dense(784, 10), seed=0) for _ in range(2))
+    a.fit(x, y, epochs=1, batch_size=8, seed=1, verbose=0)
+    b.fit(np.asfortranarray(x), y, epochs=1, batch_size=8, seed=1, verbose=0)
+    np.testing.assert_array_equal(a.layers[1].params["weight"], b.layers[1].params["weight"])
+
+
+def test_backward_refuses_dlogits_of_the_wrong_shape():
+    model = small()
+    model(np.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"shape of the last forward's logits \(3, 3\)"):
+        model.backward(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "int32", complex, None])
+def test_dense_and_sequential_take_only_float32_or_float64(dtype):
+    with pytest.raises(ValueError, match="float32 or float64"):
+        nn.Dense(3, 2, dtype=dtype)
+    if dtype is not np.float16:
+        with pytest.raises(ValueError, match="float32 or float64"):
+            nn.Sequential(nn.Dense(3, 2), dtype=dtype)
+
+
+def test_trainer_flags_are_checked():
+    x, y = np.ones((4, 4)), np.array([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="verbose must be 0"):
+        small().fit(x, y, verbose="yes")
+    with pytest.raises(TypeError, match="restore_best must be True or False"):
+        small().fit(x, y, restore_best="no", validation_data=(x, y), verbose=0)
+
+
+def test_warmup_cosine_counts_steps_from_one():
+    with pytest.raises(ValueError, match="counted from 1"):
+        WarmupCosine(1e-3, 10, 0)(0)
+    assert WarmupCosine(1e-3, 10, 0)(1) > 0
+
+
+def test_plots_expand_home_and_refuse_a_non_png_name(tmp_path, monkeypatch):
+    from nnscratch import plots
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]}
+    written = plots.plot_training_curves(history, "~/curves.png")
+    assert written == tmp_path / "curves.png" and written.exists()
+    with pytest.raises(ValueError, match="ending in .png"):
+        plots.plot_training_curves(history, tmp_path / "curves.pdf")
