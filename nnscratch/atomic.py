@@ -60,10 +60,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
 
 
 def _naming(exc: OSError, tmp: Path, path: Path) -> OSError:
-    """The same error, about ``path`` if it was about the temporary file."""
-    if exc.filename is not None and Path(exc.filename) == tmp and exc.errno is not None:
+    """The same error, about ``path`` if it was about the temporary file or
+    about no file at all (a full disk while writing names none)."""
+    if (exc.filename is None or Path(exc.filename) == tmp) and exc.errno is not None:
         return OSError(exc.errno, exc.strerror, str(path))  # OSError picks the subclass
     return exc
+
+
+def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+    """Delete temporary files ``atomic_write`` left for ``names`` in ``directory``
+    when a process was killed outright (SIGKILL, the OOM killer) mid-write.
+    Call only while no other process writes there."""
+    for name in names:
+        for tmp in directory.glob(f".{name}.*.tmp*"):
+            tmp.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_stale_temporaries
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
@@ -262,7 +262,9 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error(f"--resume {args.resume}: no checkpoint.npz there")
         # normpath: "a/b/.." must be checked (and created) as "a", the place written to.
         out = Path(os.path.normpath(args.out)) if args.out is not None else ckpt.parent
-        if out.resolve() != ckpt.parent.resolve():
+        # Only a folder's own checkpoint.npz continues the run in that folder; any
+        # other checkpoint must not write over a run it does not belong to.
+        if out.resolve() != ckpt.parent.resolve() or ckpt.name != "checkpoint.npz":
             _refuse_unusable_out(parser, out)
         return {}, out, ckpt
     if not args.augment and ("max_shift" in given or "flip" in given):
@@ -396,6 +398,8 @@ class _StopOnSignal:
         if threading.current_thread() is not threading.main_thread():
             return self  # only the main thread may set handlers: signals keep their defaults
         for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # e.g. SIGINT of a background job: ignored before us, ignored by us
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -407,12 +411,35 @@ class _StopOnSignal:
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config, out, ckpt = _resolve_config(args, parser)
     created = _make_out_dir(out)
+    lock = None
     try:
+        lock = _lock_out_dir(out)
+        remove_stale_temporaries(out, RUN_FILES)
         return _train(args, config, out, ckpt)
     finally:
+        if lock is not None:
+            os.close(lock)
         # A run that failed before writing anything (bad data, divergence in the
         # first epoch) leaves no empty directory behind.
         _remove_if_empty(created)
+
+
+def _lock_out_dir(out: Path) -> int | None:
+    """Hold an exclusive lock on ``out`` for the whole run, so a second
+    ``nnscratch train`` into the same folder fails at once instead of both
+    writing there. The lock goes with the process, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock
+        return None
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CLIError(f"--out {out}: another nnscratch train is writing there; wait for it "
+                       "to finish or choose another --out") from None
+    return fd
 
 
 def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Path | None) -> int:
@@ -458,11 +485,25 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
         with _StopOnSignal(trainer):
             history = trainer.run()
     except TrainingInterrupted:
-        save_checkpoint(checkpoint_path, trainer, config)
-        print(f"Interrupted after {trainer.epoch} full epochs and {trainer.batch} steps; "
-              f"checkpoint saved "
+        try:
+            save_checkpoint(checkpoint_path, trainer, config)
+        except OSError as exc:
+            kept = (f"the checkpoint of the last finished epoch, {checkpoint_path}, is intact: "
+                    f"resume with nnscratch train --resume {out}" if checkpoint_path.exists()
+                    else "no earlier checkpoint exists")
+            raise CLIError(f"interrupted, and saving the checkpoint failed ({exc}); {kept}") from None
+        where = (f"the training steps of epoch {trainer.epoch + 1} (its validation had not run)"
+                 if trainer.batch >= trainer.steps_per_epoch else
+                 f"{trainer.epoch} full epochs and {trainer.batch} steps")
+        print(f"Interrupted after {where}; checkpoint saved "
               f"to {checkpoint_path}.\nResume with: nnscratch train --resume {out}",
               file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second signal: stopped at once, without saving this step
+        kept = (f"the checkpoint of the last finished epoch is {checkpoint_path}.\n"
+                f"Resume with: nnscratch train --resume {out}" if checkpoint_path.exists()
+                else "no epoch had finished, so there is no checkpoint to resume from.")
+        print(f"Stopped at once; {kept}", file=sys.stderr)
         return 130
     except TrainingDiverged as exc:
         kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
@@ -491,6 +532,10 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
               f"{checkpoint_path}.\nWrite the results with: nnscratch train --resume {out}",
               file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. a full disk: the trained model is safe in the checkpoint
+        raise CLIError(f"writing the results failed ({exc}); training is complete and saved in "
+                       f"{checkpoint_path}: make room, then write them with "
+                       f"nnscratch train --resume {out}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import kernels
-from .checks import is_finite_at_least, make_rng, positive_int
+from .checks import is_finite_at_least, is_number, make_rng, positive_int
 from .model import Sequential
 from .optim import Adam
 from .progress import Progress
@@ -102,6 +102,55 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         # Reused per-step buffer for the batch's labels.
         self._yb = np.empty(self.batch_size, np.intp)
+
+    def _state_problems(self, state: Any) -> list[str]:
+        """What in ``state`` does not fit this run (positions, counts, history)."""
+        def is_int(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        keys = ("epoch", "batch", "first_step", "perm", "loss_sum", "correct", "seen", "elapsed",
+                "history", "best", "rng_state", "optimizer", "model")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            return [f"a trainer state needs the keys {', '.join(keys)}"]
+        problems = []
+        perm = np.asarray(state["perm"])
+        if perm.shape != (len(self.x),):
+            problems.append(f"the checkpoint was taken on {perm.size} training samples, "
+                            f"this run has {len(self.x)}")
+        elif perm.dtype.kind not in "iu" or not np.array_equal(np.sort(perm), np.arange(len(self.x))):
+            problems.append("perm is not a permutation of the training samples")
+        epoch, batch = state["epoch"], state["batch"]
+        if not is_int(epoch) or not 0 <= epoch <= self.epochs:
+            problems.append(f"epoch must be an integer in 0..{self.epochs}, got {epoch!r}")
+        if not is_int(batch) or not 0 <= batch <= self.steps_per_epoch or (
+                is_int(epoch) and epoch == self.epochs and batch != 0):
+            problems.append(f"batch must be an integer in 0..{self.steps_per_epoch} "
+                            f"(0 once training is done), got {batch!r}")
+        steps = state["optimizer"].get("step") if isinstance(state["optimizer"], dict) else None
+        if not is_int(state["first_step"]) or not is_int(steps) or not 0 <= state["first_step"] <= steps:
+            problems.append(f"first_step must be an integer between 0 and the optimizer's step "
+                            f"count, got {state['first_step']!r}")
+        seen, correct = state["seen"], state["correct"]
+        if not is_int(seen) or not 0 <= seen <= len(self.x) or not is_int(correct) \
+                or not 0 <= correct <= seen:
+            problems.append(f"seen and correct must be counts with correct <= seen <= "
+                            f"{len(self.x)}, got {seen!r} and {correct!r}")
+        for key in ("loss_sum", "elapsed"):
+            if not is_finite_at_least(state[key]):
+                problems.append(f"{key} must be a finite number >= 0, got {state[key]!r}")
+        history = state["history"]
+        if not isinstance(history, dict) or sorted(history) != sorted(self._history_keys()):
+            problems.append(f"history must have the lists {', '.join(self._history_keys())}")
+        elif is_int(epoch) and any(not isinstance(v, list) or len(v) != epoch
+                                   or not all(is_number(x) for x in v) for v in history.values()):
+            problems.append(f"every history list must hold {epoch} numbers, one per finished epoch")
+        best = state["best"]
+        if best is not None and (not isinstance(best, dict) or not is_int(best.get("epoch"))
+                                 or not is_number(best.get("val_accuracy"))
+                                 or not isinstance(best.get("weights"), dict)):
+            problems.append("best must be empty or hold the epoch, val_accuracy and weights "
+                            "of the best epoch")
+        return problems
 
     def _history_keys(self) -> list[str]:
         keys = ["loss", "accuracy"]
@@ -244,10 +293,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a ``state_dict()`` taken from a run of the same setup."""
-        if len(state["perm"]) != len(self.x):
-            raise ValueError(f"the checkpoint was taken on {len(state['perm'])} training "
-                             f"samples, this run has {len(self.x)}")
+        """Continue from a ``state_dict()`` taken from a run of the same setup.
+        Every field is checked first (a ValueError lists what is wrong) and
+        nothing changes unless all of them fit this run."""
+        problems = self._state_problems(state)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.model.rng.bit_generator.state = state["rng_state"]

@@ -1,7 +1,7 @@
 """Train a Fashion-MNIST classifier with nnscratch, start to finish, in one screen.
 
 This is `nnscratch train` as a script to read (the command adds checkpoints,
-resume, Ctrl-C handling and option checking). Run:
+resume, Ctrl-C handling and more options). Run:
 
     python scripts/train_fashion_mnist.py [--epochs 30] [--out runs/script]
 """
@@ -14,13 +14,24 @@ import numpy as np
 
 import nnscratch as nn
 from nnscratch import plots
+from nnscratch.atomic import atomic_write
+from nnscratch.cli import non_negative_int, path_name, positive_int
 from nnscratch.metrics import classification_report, confusion_matrix, format_report
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--epochs", type=int, default=30)
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--out", type=Path, default=Path("runs/script"))
+parser.add_argument("--epochs", type=positive_int, default=30, help="epochs to train (default 30)")
+parser.add_argument("--seed", type=non_negative_int, default=0,
+                    help="seed of the one generator: split, init, shuffling, dropout (default 0)")
+parser.add_argument("--out", type=path_name, default=Path("runs/script"),
+                    help="output directory (default runs/script)")
 args = parser.parse_args()
+# Before any long work: never overwrite a finished run, and fail now if --out is unusable.
+if (args.out / "model.npz").exists():
+    parser.error(f"--out {args.out} already holds a model.npz; choose another --out")
+try:
+    args.out.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    parser.error(f"--out {args.out}: {exc.strerror}")
 
 # 1. Data: verified uint8 arrays; they stay uint8 and are scaled per batch.
 (x_full, y_full), (x_test, y_test) = nn.load_fashion_mnist()
@@ -53,13 +64,13 @@ report = classification_report(y_test, pred, list(nn.CLASS_NAMES))
 print(format_report(report))
 print(f"test accuracy {test['accuracy']:.4f}")
 
-# 6. Save, reload, check, and draw.
-args.out.mkdir(parents=True, exist_ok=True)
+# 6. Save, reload, check, and draw (every file written whole, or not at all).
 nn.save(model, args.out / "model.npz", class_names=list(nn.CLASS_NAMES))
 assert np.array_equal(nn.load(args.out / "model.npz").predict(x_test[:100]), model.predict(x_test[:100]))
 cm = confusion_matrix(y_test, pred, 10)
-(args.out / "metrics.json").write_text(json.dumps(
-    {"test": test, "per_class": report, "confusion_matrix": cm.tolist(), "history": history}, indent=2))
+metrics = json.dumps({"test": test, "per_class": report, "confusion_matrix": cm.tolist(),
+                      "history": history}, indent=2)
+atomic_write(args.out / "metrics.json", lambda handle: handle.write(metrics.encode()))
 plots.plot_confusion_matrix(cm, list(nn.CLASS_NAMES), args.out / "confusion_matrix.png")
 plots.plot_training_curves(history, args.out / "training_curves.png")
 plots.plot_misclassified(x_test, y_test, pred, list(nn.CLASS_NAMES), args.out / "misclassified.png")

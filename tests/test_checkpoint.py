@@ -389,3 +389,43 @@ def test_checkpoint_written_from_live_arrays_holds_the_state_at_saving(tmp_path:
     _, meta = load_checkpoint(tmp_path / "c.npz")
     saved = meta["trainer_state"]["model"]
     assert all(np.array_equal(saved[name], value) for name, value in before.items())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(history={}), "history must have the lists"),
+    (lambda s: s["history"]["loss"].append(1.0), "every history list must hold 1 numbers"),
+    (lambda s: s["history"].update(loss=["x"]), "every history list must hold 1 numbers"),
+    (lambda s: s.update(best=dict(s["best"], val_accuracy="x")), "best must be empty or hold"),
+    (lambda s: s.update(batch=-5), "batch must be an integer in 0..3"),
+    (lambda s: s.update(batch=1000), "batch must be an integer in 0..3"),
+    (lambda s: s.update(epoch=99), "epoch must be an integer in 0..2"),
+    (lambda s: s.update(epoch=-2), "epoch must be an integer in 0..2"),
+    (lambda s: s.update(first_step=10**6), "first_step must be an integer between 0 and"),
+    (lambda s: s.update(perm=s["perm"][::-1][:-1]), "taken on 9 training samples"),
+    (lambda s: s.update(perm=np.zeros_like(s["perm"])), "not a permutation"),
+    (lambda s: s.update(correct=50), "correct <= seen"),
+    (lambda s: s.pop("rng_state"), "needs the keys"),
+])
+def test_a_hand_edited_trainer_state_is_refused_and_changes_nothing(edit, message):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((10, 4)), np.arange(10) % 3
+
+    def trainer():
+        model = Sequential(Dense(4, 5), ReLU(), Dense(5, 3), seed=0)
+        return Trainer(model, x, y, epochs=2, batch_size=4, validation_data=(x, y),
+                          restore_best=True, verbose=0)
+
+    done = trainer()
+    done.epochs = 1
+    done.run()
+    done.epochs = 2
+    state = done.state_dict()
+    edit(state)
+    fresh = trainer()
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=message):
+        fresh.load_state_dict(state)
+    after = fresh.state_dict()
+    assert after["epoch"] == before["epoch"] == 0
+    for key in before["model"]:
+        np.testing.assert_array_equal(after["model"][key], before["model"][key])

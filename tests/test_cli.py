@@ -246,6 +246,40 @@ def test_evaluate_confusion_matrix_below_a_file_is_a_one_line_error(
     assert str(blocker) in line
 
 
+def test_resume_from_a_foreign_checkpoint_never_writes_over_another_run(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "model.npz").write_bytes((reference / "model.npz").read_bytes())
+    (victim / "copy-of-another-run.npz").write_bytes((reference / "checkpoint.npz").read_bytes())
+    try:
+        code = cli.main(["train", "--resume", str(victim / "copy-of-another-run.npz")])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (victim / "model.npz").read_bytes() == (reference / "model.npz").read_bytes()
+
+
+def test_a_full_disk_while_writing_results_says_training_is_safe(
+        reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    import errno
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.npz").write_bytes((reference / "checkpoint.npz").read_bytes())
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "metrics.json"))
+
+    monkeypatch.setattr(cli, "_finish_run", full)
+    assert cli.main(["train", "--resume", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "training is complete and saved in" in err
+    assert f"nnscratch train --resume {out}" in err
+
+
 def test_evaluate_and_predict_on_a_cli_trained_model(
         reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["evaluate", str(reference / "model.npz"), "--json",

@@ -158,3 +158,59 @@ def test_predict_into_a_closed_pipe_stops_quietly(model_file, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert b"Traceback" not in stderr and b"Broken pipe" not in stderr, stderr.decode()
     assert proc.returncode == 1
+
+
+def no_data(*args, **kwargs):
+    raise DataError("no data here")
+
+
+def test_a_second_train_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    out = tmp_path / "busy"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # what the first run holds for its whole life
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert exit_status(["train", "--out", str(out)]) == 1
+        assert "another nnscratch train is writing there" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+
+
+def test_temporaries_left_by_a_killed_run_are_removed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_fashion_mnist", no_data)
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.npz.12345.0badf00d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    mine = out / "notes.txt"
+    mine.write_text("not ours")
+    assert exit_status(["train", "--out", str(out)]) == 1
+    assert not stale.exists() and mine.read_text() == "not ours"
+
+
+def test_an_ignored_sigint_stays_ignored_during_training():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job
+    try:
+        with cli._StopOnSignal(trainer=None):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_full_disk_while_writing_names_the_file(tmp_path):
+    import errno
+
+    from nnscratch.atomic import atomic_write
+
+    def fill(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "model.npz", fill)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "model.npz")
+    assert list(tmp_path.iterdir()) == []

@@ -26,3 +26,18 @@ def test_training_script_matches_the_cli_bit_for_bit(tmp_path: Path) -> None:
     assert weights and sorted(weights) == sorted(k for k in b.files if k != "__meta__")
     for key in weights:
         assert np.array_equal(a[key], b[key]), key
+
+
+def test_training_script_checks_its_options_before_any_work(tmp_path: Path) -> None:
+    script = [sys.executable, str(ROOT / "scripts" / "train_fashion_mnist.py")]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "model.npz").write_bytes(b"a finished run")
+    (tmp_path / "file").write_text("not a directory")
+    for args, message in ((["--epochs", "0"], "invalid positive integer"),
+                          (["--seed", "-1"], "invalid integer >= 0"),
+                          (["--out", str(tmp_path / "done")], "already holds a model.npz"),
+                          (["--out", str(tmp_path / "file" / "x")], "Not a directory")):
+        result = subprocess.run(script + args, capture_output=True, text=True, env=helpers.cli_env())
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert (tmp_path / "done" / "model.npz").read_bytes() == b"a finished run"
