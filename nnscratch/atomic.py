@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -71,9 +72,11 @@ def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:
     """Delete temporary files ``atomic_write`` left for ``names`` in ``directory``
     when a process was killed outright (SIGKILL, the OOM killer) mid-write.
     Call only while no other process writes there."""
-    for name in names:
-        for tmp in directory.glob(f".{name}.*.tmp*"):
-            tmp.unlink(missing_ok=True)
+    # Exactly the names atomic_write gives: .NAME.<pid>.<8 hex digits>.tmp[suffix]
+    patterns = [re.compile(rf"\.{re.escape(name)}\.\d+\.[0-9a-f]{{8}}\.tmp(\.\w+)?") for name in names]
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and any(p.fullmatch(entry.name) for p in patterns):
+            Path(entry.path).unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -14,6 +14,7 @@ how to resume).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -114,7 +115,7 @@ def path_name(text: str) -> Path:
 
 def png_path(text: str) -> Path:
     # The plot is always PNG; a .jpg or .pdf name would hold PNG bytes.
-    if not text.lower().endswith(".png"):
+    if Path(text).suffix.lower() != ".png":  # (".png" alone is a name with no suffix)
         raise ValueError
     return path_name(text)
 
@@ -432,13 +433,18 @@ def _lock_out_dir(out: Path) -> int | None:
         import fcntl
     except ImportError:  # not on this platform: no lock
         return None
-    fd = os.open(out, os.O_RDONLY)
+    try:
+        fd = os.open(out, os.O_RDONLY)
+    except OSError:
+        return None  # a folder we can write but not open: run without the lock
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise CLIError(f"--out {out}: another nnscratch train is writing there; wait for it "
-                       "to finish or choose another --out") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise CLIError(f"--out {out}: another nnscratch train is writing there; wait for "
+                           "it to finish or choose another --out") from None
+        return None  # a filesystem without locks (e.g. some NFS mounts): run without it
     return fd
 
 
@@ -473,8 +479,10 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
             trainer.load_state_dict(meta["trainer_state"])
         except (ValueError, TypeError, KeyError) as exc:
             raise CLIError(f"{ckpt}: does not fit this run ({exc})") from None
-        where = (f"epoch {trainer.epoch + 1}, step {trainer.batch + 1}"
-                 if trainer.epoch < trainer.epochs else "the end of training")
+        where = ("the end of training" if trainer.epoch >= trainer.epochs else
+                 f"the validation of epoch {trainer.epoch + 1}"
+                 if trainer.batch >= trainer.steps_per_epoch else
+                 f"epoch {trainer.epoch + 1}, step {trainer.batch + 1}")
         print(f"Resuming {ckpt} at {where}", flush=True)
     else:
         print(f"Training {' -> '.join(str(n) for n in [784, *config['hidden'], 10])} MLP on "
@@ -532,6 +540,8 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
               f"{checkpoint_path}.\nWrite the results with: nnscratch train --resume {out}",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed (`| head`): main() stops quietly
+        raise
     except OSError as exc:  # e.g. a full disk: the trained model is safe in the checkpoint
         raise CLIError(f"writing the results failed ({exc}); training is complete and saved in "
                        f"{checkpoint_path}: make room, then write them with "

@@ -44,7 +44,8 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
-        repeated = {type(layer).__name__ for layer in layers if layers.count(layer) > 1}
+        ids = [id(layer) for layer in layers]  # identity, not ==: distinct equal layers are fine
+        repeated = {type(layer).__name__ for layer in layers if ids.count(id(layer)) > 1}
         if repeated:  # one object twice would cache one forward over the other
             raise ValueError(f"Sequential: the same {', '.join(sorted(repeated))} object appears "
                              "more than once; create a new layer for each place")

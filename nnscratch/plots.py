@@ -43,7 +43,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` as PNG, atomically (readers never see half a file)."""
-    path = Path(path).expanduser()
+    path = Path(path)  # like open() and nnscratch.save, no "~" expansion: that is the shell's job
     if path.suffix.lower() != ".png":  # the bytes are PNG whatever the name says
         raise ValueError(f"{path}: plots are written as PNG; give a file name ending in .png")
     path.parent.mkdir(parents=True, exist_ok=True)

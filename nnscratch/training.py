@@ -145,11 +145,14 @@ class Trainer:
                                    or not all(is_number(x) for x in v) for v in history.values()):
             problems.append(f"every history list must hold {epoch} numbers, one per finished epoch")
         best = state["best"]
-        if best is not None and (not isinstance(best, dict) or not is_int(best.get("epoch"))
-                                 or not is_number(best.get("val_accuracy"))
-                                 or not isinstance(best.get("weights"), dict)):
+        shapes = {p.name: p.value.shape for p in self.model.parameters()}
+        if best is not None and (
+                not isinstance(best, dict) or not is_int(best.get("epoch"))
+                or not is_number(best.get("val_accuracy")) or not isinstance(best.get("weights"), dict)
+                or sorted(best["weights"]) != sorted(shapes)
+                or any(np.shape(w) != shapes[k] for k, w in best["weights"].items())):
             problems.append("best must be empty or hold the epoch, val_accuracy and weights "
-                            "of the best epoch")
+                            "(shaped like the model's) of the best epoch")
         return problems
 
     def _history_keys(self) -> list[str]:
@@ -299,9 +302,20 @@ class Trainer:
         problems = self._state_problems(state)
         if problems:
             raise ValueError("; ".join(problems))
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.model.rng.bit_generator.state = state["rng_state"]
+        # The model, optimizer and generator check their own parts as they load:
+        # if one refuses, put back what the others had already taken.
+        saved = (self.model.state_dict(), self.optimizer.state_dict(),
+                 self.model.rng.bit_generator.state)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.model.rng.bit_generator.state = state["rng_state"]
+        except (ValueError, TypeError, KeyError) as exc:
+            self.model.load_state_dict(saved[0])
+            self.optimizer.load_state_dict(saved[1])
+            self.model.rng.bit_generator.state = saved[2]
+            raise ValueError(f"the saved model, optimizer or generator state does not fit: "
+                             f"{exc}") from None
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self.first_step = int(state["first_step"])  # load_checkpoint fills it in for old files
         self.perm = np.asarray(state["perm"], dtype=np.intp)

@@ -26,8 +26,8 @@ parser.add_argument("--out", type=path_name, default=Path("runs/script"),
                     help="output directory (default runs/script)")
 args = parser.parse_args()
 # Before any long work: never overwrite a finished run, and fail now if --out is unusable.
-if (args.out / "model.npz").exists():
-    parser.error(f"--out {args.out} already holds a model.npz; choose another --out")
+if any((args.out / name).exists() for name in ("model.npz", "checkpoint.npz")):
+    parser.error(f"--out {args.out} already holds a run; choose another --out")
 try:
     args.out.mkdir(parents=True, exist_ok=True)
 except OSError as exc:

@@ -132,12 +132,22 @@ def test_warmup_cosine_counts_steps_from_one():
     assert WarmupCosine(1e-3, 10, 0)(1) > 0
 
 
-def test_plots_expand_home_and_refuse_a_non_png_name(tmp_path, monkeypatch):
+def test_plots_refuse_a_non_png_name(tmp_path):
     from nnscratch import plots
 
-    monkeypatch.setenv("HOME", str(tmp_path))
     history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]}
-    written = plots.plot_training_curves(history, "~/curves.png")
-    assert written == tmp_path / "curves.png" and written.exists()
-    with pytest.raises(ValueError, match="ending in .png"):
-        plots.plot_training_curves(history, tmp_path / "curves.pdf")
+    for name in ("curves.pdf", "curves", ".png"):
+        with pytest.raises(ValueError, match="ending in .png"):
+            plots.plot_training_curves(history, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    assert plots.plot_training_curves(history, tmp_path / "c.PNG").exists()
+
+
+def test_distinct_layers_that_compare_equal_are_not_duplicates():
+    class Same(nn.ReLU):
+        def __eq__(self, other):
+            return isinstance(other, Same)
+
+        __hash__ = object.__hash__
+
+    nn.Sequential(Same(), nn.Dense(4, 3), Same(), seed=0)

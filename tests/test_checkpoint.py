@@ -405,6 +405,9 @@ def test_checkpoint_written_from_live_arrays_holds_the_state_at_saving(tmp_path:
     (lambda s: s.update(perm=np.zeros_like(s["perm"])), "not a permutation"),
     (lambda s: s.update(correct=50), "correct <= seen"),
     (lambda s: s.pop("rng_state"), "needs the keys"),
+    (lambda s: s["best"]["weights"].update({"layers.0.weight": np.zeros((2, 2))}), "shaped like"),
+    (lambda s: s["optimizer"].update(betas=[1.5, 0.9]), "optimizer or generator state does not fit"),
+    (lambda s: s.update(rng_state={"bit_generator": "nonsense"}), "does not fit"),
 ])
 def test_a_hand_edited_trainer_state_is_refused_and_changes_nothing(edit, message):
     rng = np.random.default_rng(0)
@@ -427,5 +430,7 @@ def test_a_hand_edited_trainer_state_is_refused_and_changes_nothing(edit, messag
         fresh.load_state_dict(state)
     after = fresh.state_dict()
     assert after["epoch"] == before["epoch"] == 0
+    assert after["optimizer"]["step"] == before["optimizer"]["step"] == 0
+    assert after["rng_state"] == before["rng_state"]
     for key in before["model"]:
         np.testing.assert_array_equal(after["model"][key], before["model"][key])

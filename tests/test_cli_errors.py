@@ -48,6 +48,7 @@ def model_file(tmp_path: Path) -> Path:
     (["train", "--out", ""], "invalid non-empty path value"),
     (["train", "--hidden", "100000", "100000"], "parameters; a model file holds at most"),
     (["evaluate", "{model}", "--confusion-matrix", "cm.jpg"], "file name ending in .png"),
+    (["evaluate", "{model}", "--confusion-matrix", "pp/.png"], "file name ending in .png"),
     (["evaluate", "{model}", "--confusion-matrix", "{dir}/taken.png"], "is a directory, expected a file"),
 ])
 def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, monkeypatch, capsys):
@@ -185,10 +186,39 @@ def test_temporaries_left_by_a_killed_run_are_removed(tmp_path, monkeypatch, cap
     out.mkdir()
     stale = out / ".checkpoint.npz.12345.0badf00d.tmp"
     stale.write_bytes(b"half a checkpoint")
-    mine = out / "notes.txt"
-    mine.write_text("not ours")
+    mine = [out / "notes.txt", out / ".model.npz.notes.tmp.txt", out / ".checkpoint.npz.backup.tmp"]
+    for path in mine:
+        path.write_text("not ours")
     assert exit_status(["train", "--out", str(out)]) == 1
-    assert not stale.exists() and mine.read_text() == "not ours"
+    assert not stale.exists()
+    assert all(path.read_text() == "not ours" for path in mine)
+
+
+def test_a_folder_that_cannot_be_locked_still_trains(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # as on some NFS mounts
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(cli, "load_fashion_mnist", no_data)
+    assert exit_status(["train", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "no data here" in err and "another nnscratch train" not in err
+
+
+def test_closing_stdout_after_training_is_not_reported_as_a_failed_write(tmp_path):
+    helpers.require_real_data()
+    out = tmp_path / "run"
+    command = " ".join(helpers.cli_command("train", "--epochs", "1", "--hidden", "8", "--val-size",
+                                           "55000", "--quiet", "--out", out))
+    result = subprocess.run(f"{command} | head -1", shell=True, capture_output=True, text=True,
+                            env=helpers.cli_env(), timeout=300)
+    assert "Training" in result.stdout
+    assert "make room" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "standard output was closed" in result.stderr
+    assert (out / "checkpoint.npz").exists()
 
 
 def test_an_ignored_sigint_stays_ignored_during_training():

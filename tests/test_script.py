@@ -35,7 +35,7 @@ def test_training_script_checks_its_options_before_any_work(tmp_path: Path) -> N
     (tmp_path / "file").write_text("not a directory")
     for args, message in ((["--epochs", "0"], "invalid positive integer"),
                           (["--seed", "-1"], "invalid integer >= 0"),
-                          (["--out", str(tmp_path / "done")], "already holds a model.npz"),
+                          (["--out", str(tmp_path / "done")], "already holds a run"),
                           (["--out", str(tmp_path / "file" / "x")], "Not a directory")):
         result = subprocess.run(script + args, capture_output=True, text=True, env=helpers.cli_env())
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
