@@ -73,8 +73,13 @@ def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:
     when a process was killed outright (SIGKILL, the OOM killer) mid-write.
     Call only while no other process writes there."""
     # Exactly the names atomic_write gives: .NAME.<pid>.<8 hex digits>.tmp[suffix]
-    patterns = [re.compile(rf"\.{re.escape(name)}\.\d+\.[0-9a-f]{{8}}\.tmp(\.\w+)?") for name in names]
-    for entry in os.scandir(directory):
+    patterns = [re.compile(rf"\.{re.escape(name)}\.[0-9]+\.[0-9a-f]{{8}}\.tmp"
+                           rf"(?:{re.escape(Path(name).suffix)})?") for name in names]
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # a folder we may write but not list: nothing to clean that we can see
+        return
+    for entry in entries:
         if entry.is_file(follow_symlinks=False) and any(p.fullmatch(entry.name) for p in patterns):
             Path(entry.path).unlink(missing_ok=True)
 

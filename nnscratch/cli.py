@@ -115,7 +115,8 @@ def path_name(text: str) -> Path:
 
 def png_path(text: str) -> Path:
     # The plot is always PNG; a .jpg or .pdf name would hold PNG bytes.
-    if Path(text).suffix.lower() != ".png":  # (".png" alone is a name with no suffix)
+    # (".png" alone is a name with no suffix; "x.png/" names a directory)
+    if Path(text).suffix.lower() != ".png" or os.path.basename(text) != Path(text).name:
         raise ValueError
     return path_name(text)
 
@@ -415,7 +416,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     lock = None
     try:
         lock = _lock_out_dir(out)
-        remove_stale_temporaries(out, RUN_FILES)
+        if lock is not None:  # only while no other run can be writing there
+            remove_stale_temporaries(out, RUN_FILES)
         return _train(args, config, out, ckpt)
     finally:
         if lock is not None:

@@ -58,8 +58,9 @@ class Sequential:
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
         if not dense:
             raise ValueError("Sequential: needs at least one Dense layer")
+        where = {id(layer): i for i, layer in enumerate(self.layers)}  # by identity, not ==
         for lower, upper in zip(dense, dense[1:]):
-            between = self.layers[self.layers.index(lower) + 1:self.layers.index(upper)]
+            between = self.layers[where[id(lower)] + 1:where[id(upper)]]
             if any(type(layer) not in (ReLU, Dropout, Flatten) for layer in between):
                 continue  # a custom layer between them may change the feature count
             if lower.out_features != upper.in_features:

@@ -310,7 +310,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.model.rng.bit_generator.state = state["rng_state"]
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # numpy's generator alone raises four kinds
             self.model.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
             self.model.rng.bit_generator.state = saved[2]

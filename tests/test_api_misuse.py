@@ -151,3 +151,20 @@ def test_distinct_layers_that_compare_equal_are_not_duplicates():
         __hash__ = object.__hash__
 
     nn.Sequential(Same(), nn.Dense(4, 3), Same(), seed=0)
+
+
+def test_the_width_check_finds_layers_by_identity():
+    class EqDense(nn.Dense):
+        def __eq__(self, other):
+            return isinstance(other, EqDense)
+
+        __hash__ = object.__hash__
+
+    class Project(nn.Layer):
+        def forward(self, x):
+            return x[:, :5].copy()
+
+        def backward(self, dy):
+            return np.pad(dy, ((0, 0), (0, 3)))
+
+    nn.Sequential(EqDense(4, 8), Project(), EqDense(5, 3), seed=0)

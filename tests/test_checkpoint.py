@@ -408,6 +408,7 @@ def test_checkpoint_written_from_live_arrays_holds_the_state_at_saving(tmp_path:
     (lambda s: s["best"]["weights"].update({"layers.0.weight": np.zeros((2, 2))}), "shaped like"),
     (lambda s: s["optimizer"].update(betas=[1.5, 0.9]), "optimizer or generator state does not fit"),
     (lambda s: s.update(rng_state={"bit_generator": "nonsense"}), "does not fit"),
+    (lambda s: s["rng_state"]["state"].update(state=-1), "does not fit"),  # numpy: OverflowError
 ])
 def test_a_hand_edited_trainer_state_is_refused_and_changes_nothing(edit, message):
     rng = np.random.default_rng(0)

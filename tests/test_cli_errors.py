@@ -49,6 +49,7 @@ def model_file(tmp_path: Path) -> Path:
     (["train", "--hidden", "100000", "100000"], "parameters; a model file holds at most"),
     (["evaluate", "{model}", "--confusion-matrix", "cm.jpg"], "file name ending in .png"),
     (["evaluate", "{model}", "--confusion-matrix", "pp/.png"], "file name ending in .png"),
+    (["evaluate", "{model}", "--confusion-matrix", "out.png/"], "file name ending in .png"),
     (["evaluate", "{model}", "--confusion-matrix", "{dir}/taken.png"], "is a directory, expected a file"),
 ])
 def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, monkeypatch, capsys):
@@ -203,9 +204,15 @@ def test_a_folder_that_cannot_be_locked_still_trains(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     monkeypatch.setattr(cli, "load_fashion_mnist", no_data)
-    assert exit_status(["train", "--out", str(tmp_path / "run")]) == 1
+    out = tmp_path / "run"
+    out.mkdir()
+    # Unlocked, another run could be writing this very file: it must be left alone.
+    busy = out / ".checkpoint.npz.12345.0badf00d.tmp"
+    busy.write_bytes(b"being written")
+    assert exit_status(["train", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "no data here" in err and "another nnscratch train" not in err
+    assert busy.exists()
 
 
 def test_closing_stdout_after_training_is_not_reported_as_a_failed_write(tmp_path):
