@@ -197,9 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # argparse would report these with the top-level usage
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
     # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
-    # Only the main thread may set handlers; main() called from another keeps the default.
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if on_main_thread else None
+    previous = _sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
             # A warning is one line for the user, not a source location.
@@ -230,8 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnscratch {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if on_main_thread and previous is not None:  # None: a handler set outside Python
-            signal.signal(signal.SIGTERM, previous)
+        _restore_sigterm(previous)
 
 
 # ---- train ---------------------------------------------------------------------------
@@ -519,7 +516,7 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
         kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
         raise CLIError(f"training diverged: {exc}{kept}") from None
     train_seconds = time.perf_counter() - training_started
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = _sigterm_as_interrupt()
     try:
         # Epoch times accumulate across interruptions; the other two are this process's.
         timings = {"train_seconds": sum(history["epoch_time"]),
@@ -549,12 +546,27 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
                        f"{checkpoint_path}: make room, then write them with "
                        f"nnscratch train --resume {out}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore_sigterm(previous)
     return 0
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt; returns the handler to put back, or
+    None if nothing changed: only the main thread may set handlers, and a
+    SIGTERM ignored before we started stays ignored."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:  # (None also stands for a handler set outside Python)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _finish_run(model: Sequential, config: dict[str, Any], history: dict[str, list[float]],

@@ -251,3 +251,19 @@ def test_a_full_disk_while_writing_names_the_file(tmp_path):
         atomic_write(tmp_path / "model.npz", fill)
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "model.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ignored_sigterm_stays_ignored(model_file, monkeypatch):
+    seen = []
+
+    def look(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise DataError("no data")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", look)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert exit_status(["evaluate", str(model_file)]) == 1
+        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
