@@ -26,6 +26,14 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def float_dtype(owner: str, dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype if it is float32 or float64 (the kernels' two), else a
+    ValueError (``np.dtype(None)`` would quietly mean float64)."""
+    if dtype is None or np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"{owner}: dtype must be float32 or float64 (the kernels' two), got {dtype!r}")
+    return np.dtype(dtype)
+
+
 def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """The generator itself, or a new one from an integer seed (None: fresh entropy)."""
     if isinstance(seed, np.random.Generator):

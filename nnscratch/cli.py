@@ -236,9 +236,15 @@ def _refuse_unusable_file(parser: argparse.ArgumentParser, path: Path, option: s
     """A usage error for an output file whose place cannot hold it."""
     if path.is_dir():
         parser.error(f"{option} {path}: is a directory, expected a file name")
-    existing = next(p for p in path.absolute().parents if p.exists())
-    if not existing.is_dir():
-        parser.error(f"{option} {path}: {existing} exists and is not a directory")
+    blocker = _file_in_the_way(path.absolute().parents)
+    if blocker is not None:
+        parser.error(f"{option} {path}: {blocker} exists and is not a directory")
+
+
+def _file_in_the_way(places: Sequence[Path]) -> Path | None:
+    """The first of ``places`` (a path, then its parents) that exists, if it is not a directory."""
+    existing = next(p for p in places if p.exists())
+    return None if existing.is_dir() else existing
 
 
 def _check_file(parser: argparse.ArgumentParser, path: Path, what: str) -> None:
@@ -284,9 +290,9 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path) -> None:
     """A usage error for an --out below a file or holding another run (never overwritten)."""
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        parser.error(f"--out {out}: {existing} exists and is not a directory")
+    blocker = _file_in_the_way([out, *out.absolute().parents])
+    if blocker is not None:
+        parser.error(f"--out {out}: {blocker} exists and is not a directory")
     if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
         parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
                      "or choose another --out")

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .checks import is_finite_at_least, positive_int
-from .layers import Layer
+from .layers import GRADS_REPLACED, Layer, param_key_problem
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 
@@ -138,10 +138,9 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
         if labels is not None:
             raise ValueError("gradcheck: labels apply to a Sequential or the loss; a single "
                              "layer is checked on L = sum(forward(x) * G) without them")
-        if module.params.keys() != module.grads.keys():
-            raise ValueError(f"gradcheck: {type(module).__name__} has params {sorted(module.params)} "
-                             f"but grads {sorted(module.grads)}; it needs one gradient array per "
-                             "parameter, under the same key")
+        problem = param_key_problem(module)
+        if problem is not None:
+            raise ValueError(f"gradcheck: {problem}")
         params = [(key, value, module.grads[key]) for key, value in module.params.items()]
     for name, value, _ in params:
         if value.dtype != np.float64:
@@ -206,13 +205,10 @@ def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, 
             raise ValueError(f"gradcheck: {type(module).__name__}.backward returned None; "
                              "it must return dL/dx, the gradient for its input")
         dx = np.array(raw, dtype=np.float64)
-    current = ({name: grad for name, _, grad in module.parameters()} if isinstance(module, Sequential)
-               else getattr(module, "grads", {}))
-    replaced = [name for name, _, grad in params if current.get(name) is not grad]
+    replaced = (module._replaced_grads(params) if isinstance(module, Sequential)
+                else [name for name, _, grad in params if module.grads.get(name) is not grad])
     if replaced:
-        raise ValueError(f"gradcheck: backward replaced the gradient array of {', '.join(replaced)} "
-                         "instead of writing into it, so an optimizer holding the array would never "
-                         "see the values; write grads[key][...] = ... (or use out=grads[key])")
+        raise ValueError(f"gradcheck: {', '.join(replaced)}: {GRADS_REPLACED}")
     analytic = {name: grad.copy() for name, _, grad in params}
     for name, value, grad in [("input", x, dx)] + [(n, v, analytic[n]) for n, v, _ in params]:
         if grad.shape != value.shape:

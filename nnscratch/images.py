@@ -54,10 +54,6 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
             img.draft("L", (MAX_SIDE, MAX_SIDE))
             img.load()
             gray = _grayscale(img)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{path}: image too large to decode safely "
                          f"(more than {Image.MAX_IMAGE_PIXELS} pixels)") from None

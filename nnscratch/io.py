@@ -329,13 +329,18 @@ def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[
             "class_names": list(class_names), "created_by": f"nnscratch {__version__}"}
 
 
+def _non_finite(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Names of the arrays holding NaN or an infinity (save and load refuse them)."""
+    return [name for name, value in arrays.items() if not np.isfinite(value).all()]
+
+
 def save(model: Sequential, path: str | os.PathLike, *, class_names: list[str] | None = None) -> None:
     """Save ``model`` to ``path`` (written exactly there, atomically)."""
     if not isinstance(model, Sequential):
         raise TypeError(f"save takes a Sequential, got {type(model).__name__}; "
                         f"wrap a single layer as Sequential(layer)")
     state = model.state_dict(copy=False)
-    bad = [name for name, value in state.items() if not np.isfinite(value).all()]
+    bad = _non_finite(state)
     if bad:  # such a model predicts NaN; load would refuse the file
         raise ValueError(f"save: {', '.join(bad)} contain NaN or infinite values; "
                          f"the model has diverged and is not worth keeping")
@@ -348,10 +353,9 @@ def load(path: str | os.PathLike) -> Sequential:
     meta, arrays = read_npz(path, MODEL_FORMAT, _expected_model_arrays)
     # The hashes only say the file is as written; a model with NaN or infinite
     # weights (written by other means) would predict NaN for every image.
-    bad = [f"{name!r} contains NaN or infinite values" for name, value in arrays.items()
-           if not np.isfinite(value).all()]
+    bad = _non_finite(arrays)
     if bad:
-        raise ModelFileError(path, bad)
+        raise ModelFileError(path, [f"{name!r} contains NaN or infinite values" for name in bad])
     model = build_model(meta["architecture"], meta["dtype"])
     model.load_state_dict(arrays)
     model.class_names = list(meta["class_names"])

@@ -24,7 +24,21 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import kernels
-from .checks import is_number
+from .checks import float_dtype, is_number
+
+
+def param_key_problem(layer: Layer) -> str | None:
+    """Why ``layer``'s ``params`` and ``grads`` do not pair up, or None."""
+    if layer.params.keys() == layer.grads.keys():
+        return None
+    return (f"{type(layer).__name__} has params {sorted(layer.params)} but grads "
+            f"{sorted(layer.grads)}; a layer needs one gradient array per parameter, same key")
+
+
+# Said by fit and gradcheck when a backward assigned grads[key] = new array.
+GRADS_REPLACED = ("backward replaced the gradient array instead of writing into it, so an "
+                  "optimizer holding the array never sees the values; write "
+                  "grads[key][...] = ... (or use out=grads[key])")
 
 
 def reuse_buffer(store: dict, name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
@@ -116,8 +130,7 @@ class Dense(Layer):
                 raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
         if init not in ("he", "glorot"):
             raise ValueError(f"Dense: init must be 'he' or 'glorot', got {init!r}")
-        if dtype is None or np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError(f"Dense: dtype must be float32 or float64 (the kernels' two), got {dtype!r}")
+        dtype = float_dtype("Dense", dtype)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.init = init

@@ -12,8 +12,8 @@ from numpy.typing import DTypeLike
 from . import kernels
 from .blocks import DenseReLU
 from .blocks import fuse as fuse_layers
-from .checks import make_rng, positive_int
-from .layers import Dense, Dropout, Flatten, Layer, ReLU, reuse_buffer
+from .checks import float_dtype, make_rng, positive_int
+from .layers import Dense, Dropout, Flatten, Layer, ReLU, param_key_problem, reuse_buffer
 from .losses import SoftmaxCrossEntropy, softmax
 from .optim import Adam, Parameter
 
@@ -49,11 +49,7 @@ class Sequential:
         if repeated:  # one object twice would cache one forward over the other
             raise ValueError(f"Sequential: the same {', '.join(sorted(repeated))} object appears "
                              "more than once; create a new layer for each place")
-        if dtype is None:
-            raise ValueError("Sequential: dtype must be float32 or float64, got None")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"Sequential: dtype must be float32 or float64, got {self.dtype}")
+        self.dtype = float_dtype("Sequential", dtype)
         self.layers: list[Layer] = list(layers)
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
         if not dense:
@@ -80,6 +76,7 @@ class Sequential:
         self.fuse = fuse
         self._stages: list[Layer | DenseReLU] = []
         self._stages_of: tuple = ()  # (fuse, ids of the layers) the stages were built from
+        self._input_shape: tuple | None = None  # of the last public forward's x
         self._current_stages()
         self.loss = SoftmaxCrossEntropy()
         self.loss.reuse_buffer = True
@@ -109,10 +106,9 @@ class Sequential:
     def parameters(self) -> list[Parameter]:
         """Every trainable array with its gradient, named ``layers.{i}.{key}``."""
         for i, layer in enumerate(self.layers):
-            if layer.params.keys() != layer.grads.keys():
-                raise ValueError(f"layers.{i} ({type(layer).__name__}): params has keys "
-                                 f"{sorted(layer.params)} but grads has {sorted(layer.grads)}; "
-                                 "a layer needs one gradient array per parameter, same key")
+            problem = param_key_problem(layer)
+            if problem is not None:
+                raise ValueError(f"layers.{i}: {problem}")
         return [Parameter(f"layers.{i}.{key}", value, layer.grads[key])
                 for i, layer in enumerate(self.layers) for key, value in layer.params.items()]
 
@@ -162,6 +158,11 @@ class Sequential:
         if key != self._stages_of:
             self._stages = fuse_layers(self.layers) if self.fuse else list(self.layers)
             self._stages_of = key
+            # Below the lowest stage with parameters only input gradients flow (found
+            # here once, not on every training step).
+            self._lowest_trained = next(
+                i for i, stage in enumerate(self._stages)
+                if isinstance(stage, DenseReLU) or getattr(stage, "params", None))
         return self._stages
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -170,12 +171,10 @@ class Sequential:
         return x
 
     def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
-        # Below the lowest layer with parameters only input gradients flow; skip
-        # them (and that layer's dx product) when the caller does not want dx.
+        # Below the lowest stage with parameters only input gradients flow; skip
+        # them (and that stage's dx product) when the caller does not want dx.
         stages = self._current_stages()
-        lowest = 0 if input_grad else next(
-            i for i, stage in enumerate(stages)
-            if isinstance(stage, DenseReLU) or getattr(stage, "params", None))
+        lowest = 0 if input_grad else self._lowest_trained
         for i in range(len(stages) - 1, lowest - 1, -1):
             stage = stages[i]
             if i == lowest and not input_grad:
@@ -203,14 +202,13 @@ class Sequential:
         call this right after ``forward`` (``predict``/``evaluate``/``fit`` in
         between replace what it differentiates)."""
         dlogits = np.asarray(dlogits, self.dtype)
-        last = getattr(self, "_input_shape", None)
+        last = self._input_shape
         if dlogits.ndim != 2 or dlogits.shape[1] != self.num_classes or (
                 last is not None and dlogits.shape[0] != last[0]):
             raise ValueError(f"backward: dlogits must have the shape of the last forward's logits "
                              f"({last[0] if last else 'N'}, {self.num_classes}), got {dlogits.shape}")
         dx = self._backward(dlogits, input_grad=True)
-        shape = getattr(self, "_input_shape", dx.shape)
-        return (dx.reshape(shape) if np.prod(shape) == dx.size else dx).copy()
+        return (dx if last is None else dx.reshape(last)).copy()
 
     __call__ = forward
 

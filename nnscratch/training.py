@@ -12,6 +12,7 @@ import numpy as np
 
 from . import kernels
 from .checks import is_finite_at_least, is_number, make_rng, positive_int
+from .layers import GRADS_REPLACED
 from .model import Sequential
 from .optim import Adam
 from .progress import Progress
@@ -203,9 +204,7 @@ class Trainer:
         # assigns new ones would leave it stepping with stale gradients, silently.
         replaced = self.model._replaced_grads(self.optimizer.params)
         if replaced:
-            raise TypeError(f"{', '.join(replaced)}: backward replaced the gradient array "
-                            "instead of writing into it, so the optimizer never sees the new "
-                            "values; write grads[key][...] = ... (or use out=grads[key])")
+            raise TypeError(f"{', '.join(replaced)}: {GRADS_REPLACED}")
 
     def run(self) -> dict[str, list[float]]:
         """Train until ``epochs`` are done; returns the history."""
