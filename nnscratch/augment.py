@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 
 class RandomShiftFlip:
     """Shift each image by up to ``max_shift`` pixels in each direction (the
     uncovered border is 0, the background) and mirror it with probability
     ``flip``. Works on batches of shape (N, H, W) or (N, H*W) of square images.
 
-    One fancy-indexing gather per batch: output pixel (r, c) of image n reads
-    padded[n, r + dy_n, c' + dx_n], with c' = W-1-c for flipped images.
+    Output pixel (r, c) of image n reads input pixel (r + dy_n - s, c' + dx_n - s),
+    0 outside the frame, with c' = W-1-c for flipped images and dy_n, dx_n drawn
+    from 0..2s (``kernels.shift_flip``).
     """
 
     def __init__(self, max_shift: int = 2, flip: float = 0.5) -> None:
@@ -38,13 +41,9 @@ class RandomShiftFlip:
         if 2 * s >= side:  # the item could leave the frame entirely
             raise ValueError(f"max_shift {s} is too large for {side}x{side} images: "
                              f"use at most {(side - 1) // 2}")
-        images = batch.reshape(n, side, side)
-        padded = np.zeros((n, side + 2 * s, side + 2 * s), batch.dtype)
-        padded[:, s:s + side, s:s + side] = images
         dy, dx = rng.integers(0, 2 * s + 1, size=(2, n))
         flipped = rng.random(n) < self.flip
-        r = np.arange(side)
-        cols = np.where(flipped[:, None], side - 1 - r, r) + dx[:, None]    # (n, side)
-        rows = r[None, :] + dy[:, None]                                       # (n, side)
-        out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        images = np.ascontiguousarray(batch).reshape(n, side, side)
+        out = np.empty_like(images)
+        kernels.shift_flip(images, dy, dx, flipped, s, out)
         return out.reshape(batch.shape)

@@ -46,7 +46,7 @@ def _adam_coef(dtype, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, wd=0.0):
 # ---- the kernel table -------------------------------------------------------------
 
 def test_every_kernel_name_has_a_fused_and_a_reference_twin():
-    assert len(KERNEL_NAMES) == len(set(KERNEL_NAMES)) == 12
+    assert len(KERNEL_NAMES) == len(set(KERNEL_NAMES)) == 13
     for name in KERNEL_NAMES:
         assert callable(getattr(reference, name)), name
         assert callable(getattr(fused, name)), name
@@ -232,6 +232,43 @@ def test_gather_scale_uint8_with_scale_one_over_255_spans_zero_to_one():
         out = np.empty((16, 16), np.float32)
         mod.gather_scale(src, idx, np.float32(1 / 255), out)
         assert out.min() == 0.0 and abs(out.max() - 1.0) <= 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("n, side, shift", [(1, 1, 0), (5, 6, 0), (9, 6, 2), (33, 28, 1), (7, 9, 4)])
+def test_shift_flip_fused_equals_reference_exactly(n, side, shift, dtype):
+    rng = np.random.default_rng([n, side, shift, np.dtype(dtype).itemsize])
+    images = (rng.integers(1, 256, (n, side, side)) if dtype == np.uint8
+              else rng.standard_normal((n, side, side))).astype(dtype)   # no zero pixels
+    dy, dx = rng.integers(0, 2 * shift + 1, size=(2, n))
+    flipped = rng.random(n) < 0.5
+    before = images.copy()
+    outs = []
+    for mod in (reference, fused):
+        out = np.full_like(images, 7)
+        mod.shift_flip(images, dy, dx, flipped, shift, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(images, before)
+    # Every image keeps exactly the pixels its shift leaves inside the frame.
+    kept = (side - np.abs(dy - shift)) * (side - np.abs(dx - shift))
+    assert np.array_equal((outs[1] != 0).sum(axis=(1, 2)), kept)
+
+
+def test_shift_flip_of_a_single_pixel_moves_and_mirrors_it():
+    images = np.zeros((3, 5, 5), np.float32)
+    images[:, 1, 1] = 1                              # row 1, column 1
+    dy, dx = np.array([2, 0, 2]), np.array([3, 2, 2])
+    flipped = np.array([False, False, True])
+    for mod in (reference, fused):
+        out = np.empty_like(images)
+        mod.shift_flip(images, dy, dx, flipped, 2, out)
+        # shift (0, +1): the pixel reads from column c + 1, so it appears at column 0
+        assert np.argwhere(out[0]).tolist() == [[1, 0]]
+        # shift (-2, 0): it reads from row r - 2, so it appears two rows down
+        assert np.argwhere(out[1]).tolist() == [[3, 1]]
+        # no shift, mirrored: column 1 becomes column 3
+        assert np.argwhere(out[2]).tolist() == [[1, 3]]
 
 
 # ---- fused Dense epilogues: bias + ReLU (+ dropout) and their backward ----------------

@@ -15,7 +15,7 @@ from .reference import flush_threshold as flush_threshold  # re-exported for the
 KERNEL_NAMES = (
     "add_bias", "relu_forward", "relu_backward", "dropout_forward", "multiply",
     "bias_relu_forward", "bias_relu_dropout_forward", "relu_bias_grad",
-    "softmax_cross_entropy", "count_correct", "adam_update", "gather_scale",
+    "softmax_cross_entropy", "count_correct", "adam_update", "gather_scale", "shift_flip",
 )
 
 BACKEND = os.environ.get("NNSCRATCH_BACKEND", "numba").strip().lower() or "numba"
@@ -40,3 +40,4 @@ count_correct = _impl.count_correct
 softmax_cross_entropy = _impl.softmax_cross_entropy
 adam_update = _impl.adam_update
 gather_scale = _impl.gather_scale
+shift_flip = _impl.shift_flip

@@ -226,3 +226,26 @@ def gather_scale(src, idx, scale, out):
         r = idx[i]
         for j in range(k):
             out[i, j] = src[r, j] * scale
+
+
+@njit(cache=True, error_model="numpy")
+def shift_flip(images, dy, dx, flipped, shift, out):
+    # Reads each kept pixel once and writes each output pixel once; the NumPy twin
+    # builds a padded copy and three broadcast index arrays instead.
+    n, side, _ = images.shape
+    for k in range(n):
+        oy = dy[k] - shift
+        ox = dx[k] - shift
+        flip = flipped[k]
+        for r in range(side):
+            rr = r + oy
+            if rr < 0 or rr >= side:
+                for c in range(side):
+                    out[k, r, c] = 0
+                continue
+            for c in range(side):
+                cc = (side - 1 - c if flip else c) + ox
+                if 0 <= cc < side:
+                    out[k, r, c] = images[k, rr, cc]
+                else:
+                    out[k, r, c] = 0

@@ -183,3 +183,25 @@ def adam_update(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarra
 def gather_scale(src: np.ndarray, idx: np.ndarray, scale: float, out: np.ndarray) -> None:
     """out[i, :] = src[idx[i], :] * scale, converting to out's dtype (uint8 pixels -> floats)."""
     np.multiply(src[idx], scale, out=out, casting="unsafe")
+
+
+def shift_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flipped: np.ndarray,
+               shift: int, out: np.ndarray) -> None:
+    """Shift image k by (dy[k] - shift, dx[k] - shift) pixels, then mirror it left to
+    right where flipped[k]; pixels shifted in from outside the frame are 0.
+    Shapes: images, out (N, S, S); dy, dx in 0..2*shift and flipped (N,).
+
+        out[k, r, c] = images[k, r + dy[k] - shift, c' + dx[k] - shift]   (0 outside)
+        c' = S-1-c if flipped[k] else c
+
+    Pad every image by ``shift`` zeros on each side, then read the whole batch
+    with one fancy index: row r + dy[k] and column c' + dx[k] of the padded image.
+    """
+    n, side, _ = images.shape
+    s = shift
+    padded = np.zeros((n, side + 2 * s, side + 2 * s), images.dtype)
+    padded[:, s:s + side, s:s + side] = images
+    r = np.arange(side)
+    cols = np.where(flipped[:, None], side - 1 - r, r) + dx[:, None]    # (n, side)
+    rows = r[None, :] + dy[:, None]                                       # (n, side)
+    out[...] = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
