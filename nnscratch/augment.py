@@ -45,5 +45,9 @@ class RandomShiftFlip:
         flipped = rng.random(n) < self.flip
         images = np.ascontiguousarray(batch).reshape(n, side, side)
         out = np.empty_like(images)
-        kernels.shift_flip(images, dy, dx, flipped, s, out)
+        # Numba compiles for booleans, integers and floats of 32/64 bits; other
+        # dtypes (float16, objects) take the NumPy twin, which handles any.
+        numba_ok = images.dtype.kind in "biufc" and images.dtype != np.float16
+        shift_flip = kernels.shift_flip if numba_ok else kernels.reference.shift_flip
+        shift_flip(images, dy, dx, flipped, s, out)
         return out.reshape(batch.shape)

@@ -74,3 +74,11 @@ def test_a_shift_that_could_empty_the_frame_or_non_square_images_are_refused():
         RandomShiftFlip(14)(np.zeros((2, 28, 28), np.float32), np.random.default_rng(0))
     with pytest.raises(ValueError, match="square"):
         RandomShiftFlip(1)(np.zeros((2, 30), np.float32), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.bool_, object])
+def test_any_dtype_is_shifted_like_float64(dtype):
+    batch = np.random.default_rng(2).integers(0, 2, (5, 6, 6))
+    expected = RandomShiftFlip(1, 0.5)(batch.astype(np.float64), np.random.default_rng(3))
+    out = RandomShiftFlip(1, 0.5)(batch.astype(dtype), np.random.default_rng(3))
+    assert out.dtype == dtype and np.array_equal(out.astype(np.float64), expected)
