@@ -7,36 +7,39 @@ data. Applied per batch, after gathering, with the model's generator.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import kernels
+from .checks import is_number
 
 
 class RandomShiftFlip:
     """Shift each image by up to ``max_shift`` pixels in each direction (the
     uncovered border is 0, the background) and mirror it with probability
-    ``flip``. Works on batches of shape (N, H, W) or (N, H*W) of square images.
+    ``flip``. Works on batches of square images shaped (N, S, S), (N, 1, S, S) or
+    (N, S*S), of any dtype; returns a new array of the same shape and dtype.
 
     Output pixel (r, c) of image n reads input pixel (r + dy_n - s, c' + dx_n - s),
-    0 outside the frame, with c' = W-1-c for flipped images and dy_n, dx_n drawn
+    0 outside the frame, with c' = S-1-c for flipped images and dy_n, dx_n drawn
     from 0..2s (``kernels.shift_flip``).
     """
 
     def __init__(self, max_shift: int = 2, flip: float = 0.5) -> None:
-        if not isinstance(max_shift, int) or max_shift < 0:
+        if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) \
+                or max_shift < 0:
             raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
-        if not 0.0 <= flip <= 1.0:
+        if not is_number(flip) or not 0.0 <= flip <= 1.0:
             raise ValueError(f"flip must be a probability in [0, 1], got {flip!r}")
-        self.max_shift, self.flip = max_shift, flip
+        self.max_shift, self.flip = int(max_shift), float(flip)
 
     def config(self) -> dict[str, float]:
         return {"max_shift": self.max_shift, "flip": self.flip}
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        n = batch.shape[0]
-        side = int(round(np.sqrt(batch[0].size)))
-        if side * side != batch[0].size:
-            raise ValueError(f"RandomShiftFlip needs square images, got {batch[0].size} values each")
+        batch = np.asarray(batch)
+        n, side = len(batch) if batch.ndim else 0, _square_side(batch.shape)
         s = self.max_shift
         if 2 * s >= side:  # the item could leave the frame entirely
             raise ValueError(f"max_shift {s} is too large for {side}x{side} images: "
@@ -45,9 +48,28 @@ class RandomShiftFlip:
         flipped = rng.random(n) < self.flip
         images = np.ascontiguousarray(batch).reshape(n, side, side)
         out = np.empty_like(images)
-        # Numba compiles for booleans, integers and floats of 32/64 bits; other
-        # dtypes (float16, objects) take the NumPy twin, which handles any.
-        numba_ok = images.dtype.kind in "biufc" and images.dtype != np.float16
-        shift_flip = kernels.shift_flip if numba_ok else kernels.reference.shift_flip
+        shift_flip = kernels.shift_flip if images.dtype in _NUMBA_DTYPES else kernels.reference.shift_flip
         shift_flip(images, dy, dx, flipped, s, out)
         return out.reshape(batch.shape)
+
+
+# What the Numba kernel compiles for; other dtypes (float16, long double, byte-swapped,
+# objects) take the NumPy twin, which handles any.
+_NUMBA_DTYPES = frozenset(np.dtype(t) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+    np.uint64, np.float32, np.float64, np.complex64, np.complex128))
+
+
+def _square_side(shape: tuple[int, ...]) -> int:
+    """The side S of a batch of square images shaped (N, S, S), (N, 1, S, S) or (N, S*S)."""
+    def refuse() -> ValueError:
+        return ValueError("RandomShiftFlip needs a batch of square images shaped (N, S, S) "
+                          f"or (N, S*S), got shape {shape}")
+    if len(shape) == 2:
+        side = math.isqrt(shape[1])
+        if side * side != shape[1] or side == 0:
+            raise refuse()
+        return side
+    if len(shape) < 3 or shape[-1] != shape[-2] or math.prod(shape[1:-2]) != 1 or shape[-1] == 0:
+        raise refuse()
+    return shape[-1]

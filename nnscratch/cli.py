@@ -122,7 +122,7 @@ def png_path(text: str) -> Path:
 
 
 for _f, _name in ((positive_int, "positive integer"), (non_negative_int, "integer >= 0"),
-                  (shift_pixels, "shift of 0 to 13 pixels"),
+                  (shift_pixels, "pixel shift (0 to 13)"),
                   (positive_float, "positive number"), (non_negative_float, "number >= 0"),
                   (drop_probability, "probability in [0, 1)"), (probability, "probability in [0, 1]"),
                   (path_name, "non-empty path"), (png_path, "file name ending in .png")):

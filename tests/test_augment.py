@@ -63,6 +63,8 @@ def test_shifts_cover_every_offset_and_keep_pixel_mass_inside_the_frame():
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_shift": -1}, "non-negative"), ({"max_shift": 1.5}, "non-negative"),
     ({"flip": 1.5}, "probability"), ({"flip": -0.1}, "probability"),
+    ({"max_shift": True}, "non-negative"), ({"flip": "0.5"}, "probability"),
+    ({"flip": None}, "probability"), ({"flip": float("nan")}, "probability"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -76,9 +78,34 @@ def test_a_shift_that_could_empty_the_frame_or_non_square_images_are_refused():
         RandomShiftFlip(1)(np.zeros((2, 30), np.float32), np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.bool_, object])
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.bool_, object, ">f4", ">u2",
+                                   np.longdouble])
 def test_any_dtype_is_shifted_like_float64(dtype):
     batch = np.random.default_rng(2).integers(0, 2, (5, 6, 6))
     expected = RandomShiftFlip(1, 0.5)(batch.astype(np.float64), np.random.default_rng(3))
     out = RandomShiftFlip(1, 0.5)(batch.astype(dtype), np.random.default_rng(3))
     assert out.dtype == dtype and np.array_equal(out.astype(np.float64), expected)
+
+
+def test_numpy_integer_arguments_are_accepted():
+    aug = RandomShiftFlip(np.int64(1), np.float32(0.5))
+    assert aug.config() == {"max_shift": 1, "flip": 0.5}
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 16), (3, 2, 8), (28, 28), (784,), (3, 2, 28, 28),
+                                   (3, 28, 14), (3, 0), (3, 0, 0)])
+def test_batches_that_are_not_square_images_are_refused(shape):
+    # (3, 4, 16) and (3, 2, 8) hold a square number of pixels but are not square:
+    # read as 8x8 and 4x4 their columns would be scrambled.
+    with pytest.raises(ValueError, match=r"square images shaped \(N, S, S\)"):
+        RandomShiftFlip(1)(np.zeros(shape, np.float32), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("shape", [(0, 28, 28), (0, 784), (5, 1, 6, 6)])
+def test_empty_and_channel_batches_keep_their_shape(shape):
+    batch = np.random.default_rng(4).random(shape).astype(np.float32)
+    out = RandomShiftFlip(1, 0.5)(batch, np.random.default_rng(1))
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    if batch.size:
+        flat = RandomShiftFlip(1, 0.5)(batch.reshape(shape[0], -1), np.random.default_rng(1))
+        assert np.array_equal(out.reshape(flat.shape), flat)

@@ -628,7 +628,7 @@ USAGE_ERRORS = {
     "hidden 0": (["train", "--hidden", "64", "0"], ["--hidden", "'0'"]),
     "flip 2": (["train", "--flip", "2"], ["--flip", "'2'"]),
     "shift beyond half the image": (["train", "--augment", "--max-shift", "14"],
-                                    ["--max-shift", "0 to 13", "'14'"]),
+                                    ["--max-shift", "invalid pixel shift (0 to 13) value", "'14'"]),
     "shift without augment": (["train", "--max-shift", "1"], ["add --augment"]),
     "flip without augment": (["train", "--flip", "0.3"], ["add --augment"]),
     "val size 60000": (["train", "--val-size", "60000"], ["--val-size", "60000"]),
