@@ -3,6 +3,7 @@ Keras-style fit / evaluate / predict."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -297,6 +298,7 @@ class Sequential:
         x = self.check_input(x)
         y = self._check_labels(y, len(x))
         batch_size = positive_int("batch_size", batch_size)
+        _warn_if_raw_pixels(x)
         was_training = self.training
         self.eval()
         total_loss, correct = 0.0, 0
@@ -315,6 +317,7 @@ class Sequential:
         (N, 28, 28) or (N, 784), uint8 or float. N = 0 gives a (0, num_classes) array."""
         x = self.check_input(x, allow_empty=True)
         batch_size = positive_int("batch_size", batch_size)
+        _warn_if_raw_pixels(x)
         was_training = self.training
         self.eval()
         out = np.empty((len(x), self.num_classes), self.dtype)
@@ -334,3 +337,17 @@ class Sequential:
             raise ValueError(f"labels: expected values in 0..{self.num_classes - 1}, "
                              f"found {y.min()}..{y.max()}")
         return y.astype(np.intp, copy=False)
+
+
+def _warn_if_raw_pixels(x: np.ndarray) -> None:
+    """Warn when float input looks like unscaled 0-255 pixels (``images.astype(float)``
+    without the division): floats are taken as already scaled, so such input reaches
+    the model 255 times too bright and its predictions are quietly worse."""
+    if x.dtype.kind != "f" or x.size == 0 or float(x.max()) <= 1:
+        return
+    sample = x[:1000]  # enough to tell whole-number pixels from real-valued features
+    if float(x.min()) >= 0 and float(x.max()) <= 255 and np.array_equal(sample, np.round(sample)):
+        warnings.warn("float input with whole-number values up to "
+                      f"{float(x.max()):g} looks like raw 0-255 pixels, but float input is taken "
+                      "as already scaled to 0-1: pass the uint8 pixels, or divide by 255",
+                      UserWarning, stacklevel=3)

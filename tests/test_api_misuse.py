@@ -3,6 +3,8 @@ each is now a clear error (or, for slow inputs, handled once up front)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,20 @@ def test_the_width_check_finds_layers_by_identity():
             return np.pad(dy, ((0, 0), (0, 3)))
 
     nn.Sequential(EqDense(4, 8), Project(), EqDense(5, 3), seed=0)
+
+
+def test_predict_and_evaluate_warn_about_float_pixels_that_were_not_scaled():
+    model = nn.Sequential(nn.Flatten(), nn.Dense(16, 3), seed=0)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 4, 4)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 0, 1])
+    with pytest.warns(UserWarning, match="raw 0-255 pixels"):
+        model.predict(pixels.astype(np.float32))
+    with pytest.warns(UserWarning, match="divide by 255"):
+        model.evaluate(pixels.astype(np.float64), labels)
+    features = np.random.default_rng(1).standard_normal((5, 16)) * 3   # real-valued, may exceed 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(pixels)                                   # uint8: scaled by the model
+        model.predict(pixels / np.float32(255))                 # already scaled
+        model.predict(features)
+        model.predict(np.ones((2, 16), np.float32))             # whole numbers, but <= 1
