@@ -6,7 +6,8 @@
 
 In one run it measures, each in a fresh subprocess on the real Fashion-MNIST
 training images (so thread pools of one framework cannot slow another), and
-each in three rounds (``--rounds``) in rotating order, pooling epochs 2..N of
+each in rounds in rotating order (three on the reference model, ``--rounds``;
+one on the large model, ``--large-rounds``), pooling epochs 2..N of
 every round:
 
 * the GEMM floor: only the matrix multiplies of each training step, for exactly
@@ -188,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4,
                         help="epochs per peer and round (epochs 2..N of every round are pooled)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="run every peer this many times, in rotating order, so that each "
-                             "sees the machine's slow and fast spells alike")
+                        help="run every peer this many times on the reference model, in rotating "
+                             "order, so that each sees the machine's slow and fast spells alike")
+    parser.add_argument("--large-rounds", type=int, default=1,
+                        help="rounds on the large model (784-1024-1024-10), which only shows "
+                             "scaling; its epochs are 10x longer, so 3 rounds would add ~7 min")
     parser.add_argument("--quick", action="store_true", help="3 epochs, 1 round, reference model only")
     parser.add_argument("--peers", default="torch_eager,sklearn_mlp,jax_scan,numpy_careful",
                         help="peers besides the floor and nnscratch (comma-separated)")
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     epochs = 3 if args.quick else args.epochs
-    rounds = 1 if args.quick else args.rounds
+    rounds = {"small": 1 if args.quick else args.rounds, "large": args.large_rounds}
     models = ["small"] if args.quick else ["small", "large"]
     others = [p for p in args.peers.split(",") if p]
     for warning in peers.blas_env_warnings() + peers.load_warnings():
@@ -218,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(name, env) for name, env in plan
                 if model == "small" or (env is None and name != "sklearn_mlp")]
         runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
-        for r in range(rounds):
+        model_rounds = rounds[model]
+        for r in range(model_rounds):
             for i in list(range(r % len(plan), len(plan))) + list(range(r % len(plan))):
                 name, env = plan[i]
-                print(f"round {r + 1}/{rounds}: {name}{' (numpy twins)' if env else ''} "
+                print(f"round {r + 1}/{model_rounds}: {name}{' (numpy twins)' if env else ''} "
                       f"on the {model} model...", flush=True)
                 runs[i].append(run_isolated(name, model, epochs, env))
         results += [merge_rounds(runs[i]) for i in range(len(plan))]
