@@ -443,8 +443,10 @@ def test_predict_uint8_equals_float_scaled_by_1_over_255():
     np.testing.assert_allclose(p_uint8, p_float, rtol=1e-5, atol=1e-7)
     p_flat = model.predict(x.reshape(20, 784))
     assert np.array_equal(p_uint8, p_flat)
-    # and uint8 is not silently treated as 0..255 floats
-    assert not np.allclose(p_uint8, model.predict(x.astype(np.float32)), atol=1e-3)
+    # and uint8 is not silently treated as 0..255 floats (floats that look like raw pixels warn)
+    with pytest.warns(UserWarning, match="raw 0-255 pixels"):
+        p_raw = model.predict(x.astype(np.float32))
+    assert not np.allclose(p_uint8, p_raw, atol=1e-3)
 
 
 def test_predict_matches_softmax_of_eval_forward_and_batches_consistently():
