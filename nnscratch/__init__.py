@@ -1,15 +1,38 @@
 """nnscratch: a small, fast, readable neural-network framework in NumPy."""
 
-from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
-from .gradcheck import GradcheckResult, gradcheck
-from .io import ModelFileError, load, save
-from .layers import Dense, Dropout, Flatten, Layer, ReLU
-from .losses import SoftmaxCrossEntropy, softmax
-from .model import Sequential
-from .optim import Adam, Parameter
-from .training import Trainer, TrainingDiverged, TrainingInterrupted
+import os as _os
+import sys as _sys
+
+try:
+    from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
+    from .gradcheck import GradcheckResult, gradcheck
+    from .io import ModelFileError, load, save
+    from .layers import Dense, Dropout, Flatten, Layer, ReLU
+    from .losses import SoftmaxCrossEntropy, softmax
+    from .model import Sequential
+    from .optim import Adam, Parameter
+    from .training import Trainer, TrainingDiverged, TrainingInterrupted
+except KeyboardInterrupt:
+    # Importing NumPy and Numba takes about half a second, before the `nnscratch`
+    # command can handle Ctrl-C itself: stop it as it would, without a traceback.
+    # A program that imports nnscratch gets its KeyboardInterrupt as usual.
+    if _sys.argv and _os.path.basename(_sys.argv[0]) == "nnscratch":
+        print("nnscratch: interrupted", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __version__ = "0.1.0"
+
+
+def _command() -> int:
+    """The `nnscratch` console script: the command line, with Ctrl-C handled from
+    the first moment (importing the command's own module included)."""
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        print("nnscratch: interrupted", file=_sys.stderr)
+        return 130
+    return main()
 
 __all__ = [
     "CLASS_NAMES", "DataError", "ModelFileError", "load", "load_fashion_mnist", "save",

@@ -191,8 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+    except KeyboardInterrupt:
+        print("nnscratch: interrupted", file=sys.stderr)
+        return 130
     command = parser.commands[args.command]
     if unknown:  # argparse would report these with the top-level usage
         command.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -267,3 +268,45 @@ def test_an_ignored_sigterm_stays_ignored(model_file, monkeypatch):
         assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# What the `nnscratch` console script runs, with Ctrl-C simulated at the moment one
+# module is imported: the ~0.5 s of importing NumPy and Numba come before the
+# command can install its own handling.
+CTRL_C_DURING_IMPORT = r"""
+import sys
+module = sys.argv.pop(1)
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+sys.argv[0] = "/usr/bin/nnscratch"   # as the installed script's path
+from nnscratch import _command
+sys.exit(_command())
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "numba", "nnscratch.model", "nnscratch.cli",
+                                    "matplotlib"])
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(module):
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_DURING_IMPORT, module, "--help"],
+                          capture_output=True, text=True, timeout=120)
+    if module == "matplotlib":  # not imported for --help: runs normally
+        assert proc.returncode == 0 and "usage: nnscratch" in proc.stdout
+        return
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "nnscratch: interrupted\n"
+
+
+def test_a_program_importing_nnscratch_still_gets_its_keyboard_interrupt():
+    code = CTRL_C_DURING_IMPORT.replace('"/usr/bin/nnscratch"', '"my_program.py"')
+    proc = subprocess.run([sys.executable, "-c", code, "numba"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 130 and "KeyboardInterrupt" in proc.stderr
+
+
+def test_the_console_script_is_the_ctrl_c_safe_entry_point():
+    from importlib.metadata import entry_points
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts["nnscratch"] == "nnscratch:_command"
