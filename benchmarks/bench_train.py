@@ -68,14 +68,10 @@ def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, 
     trainer = reference_trainer(x, y, hidden, epochs, batch_size, seed)
     model = trainer.model
     history = trainer.run()
-    infer = []
-    for _ in range(2):
-        t = time.perf_counter()
-        model.predict(x_test)
-        infer.append(time.perf_counter() - t)
+    infer_cold_s, infer_s = peers._time_cold_then_warm(lambda: model.predict(x_test))
     return peers._result(f"nnscratch[{kernels.BACKEND}]", epoch_times=history["epoch_time"],
                          first_batch_s=trainer.first_step_done - started,
-                         infer_s=infer[1], infer_cold_s=infer[0], final_loss=history["loss"][-1])
+                         infer_s=infer_s, infer_cold_s=infer_cold_s, final_loss=history["loss"][-1])
 
 
 def paired_with_floor(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, seed=0,
@@ -147,6 +143,8 @@ def merge_rounds(runs: list[dict]) -> dict:
     if not done:
         return runs[0]
     merged = dict(done[0], rounds=len(done))
+    if all(r.get("infer_s") is not None for r in done):  # the median over rounds, like epochs
+        merged["infer_s"] = statistics.median(r["infer_s"] for r in done)
     merged["epoch_times"] = done[0]["epoch_times"][:1] + [t for r in done for t in r["epoch_times"][1:]]
     if "ratios" in merged:
         merged["floor_epoch_times"] = [t for r in done for t in r["floor_epoch_times"]]

@@ -31,7 +31,8 @@ and return a dict with the keys
                   the framework, building the model and any compilation) to
                   the end of the first training step
 ``infer_s``       seconds to predict ``x_test`` in batches of 1000 after
-                  training (second, warm run); None when ``x_test`` is None
+                  training: the median of 5 warm runs after the first; None
+                  when ``x_test`` is None
 ``infer_cold_s``  the same for the first (cold) run, which includes any
                   compilation a framework does on first use
 ``final_loss``    mean training loss over the last epoch (None for the floor)
@@ -133,14 +134,15 @@ def n_steps(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def _time_twice(fn: Callable[[], Any]) -> tuple[float, float]:
-    """Run ``fn`` twice; return ``(cold_seconds, warm_seconds)``."""
-    t0 = time.perf_counter()
-    fn()
-    t1 = time.perf_counter()
-    fn()
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+def _time_cold_then_warm(fn: Callable[[], Any], warm_runs: int = 5) -> tuple[float, float]:
+    """Run ``fn`` once cold, then ``warm_runs`` times; return ``(cold_seconds,
+    median warm seconds)``: one warm run alone is at the mercy of the machine's drift."""
+    times = []
+    for _ in range(1 + warm_runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times[0], statistics.median(times[1:])
 
 
 def _he_init(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
@@ -234,7 +236,7 @@ def gemm_floor(
                     np.matmul(inp, weights[i], out=outs[i][: stop - start])
                     inp = outs[i][: stop - start]
 
-        infer_cold_s, infer_s = _time_twice(infer)
+        infer_cold_s, infer_s = _time_cold_then_warm(infer)
 
     n_gemm = 3 * n_layers - 1
     return _result(
@@ -440,7 +442,7 @@ def numpy_careful(
 
     infer_s = infer_cold_s = None
     if x_test is not None:
-        infer_cold_s, infer_s = _time_twice(lambda: net.predict(x_test))
+        infer_cold_s, infer_s = _time_cold_then_warm(lambda: net.predict(x_test))
 
     return _result(
         "numpy_careful",
@@ -534,7 +536,7 @@ def torch_eager(
                     preds.append(model(xb).argmax(dim=1))
             return torch.cat(preds).numpy()
 
-        infer_cold_s, infer_s = _time_twice(infer)
+        infer_cold_s, infer_s = _time_cold_then_warm(infer)
 
     return _result(
         "torch_eager",
@@ -621,7 +623,7 @@ def sklearn_mlp(
                 preds.append(clf.predict(xb))
             return np.concatenate(preds)
 
-        infer_cold_s, infer_s = _time_twice(infer)
+        infer_cold_s, infer_s = _time_cold_then_warm(infer)
 
     return _result(
         "sklearn_mlp",
@@ -770,7 +772,7 @@ def jax_scan(
             ]
             return np.concatenate([np.asarray(p) for p in preds])
 
-        infer_cold_s, infer_s = _time_twice(infer)
+        infer_cold_s, infer_s = _time_cold_then_warm(infer)
 
     return _result(
         "jax_scan",
