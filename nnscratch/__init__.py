@@ -1,7 +1,24 @@
 """nnscratch: a small, fast, readable neural-network framework in NumPy."""
 
 import os as _os
+import signal as _signal
 import sys as _sys
+
+
+def _interrupted() -> int:
+    """Say so, and let a second Ctrl-C end the process at once."""
+    _quiet_shutdown()
+    print("nnscratch: interrupted", file=_sys.stderr)
+    return 130
+
+
+def _quiet_shutdown() -> None:
+    # While Python shuts down, a Ctrl-C would print "Exception ignored ...
+    # KeyboardInterrupt" noise; the default action just ends the process, as the
+    # shell expects. An ignored SIGINT (nohup, background jobs) stays ignored.
+    if _signal.getsignal(_signal.SIGINT) is not _signal.SIG_IGN:
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+
 
 try:
     from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
@@ -16,9 +33,8 @@ except KeyboardInterrupt:
     # Importing NumPy and Numba takes about half a second, before the `nnscratch`
     # command can handle Ctrl-C itself: stop it as it would, without a traceback.
     # A program that imports nnscratch gets its KeyboardInterrupt as usual.
-    if _sys.argv and _os.path.basename(_sys.argv[0]) == "nnscratch":
-        print("nnscratch: interrupted", file=_sys.stderr)
-        raise SystemExit(130) from None
+    if _sys.argv and _os.path.basename(_sys.argv[0]) in ("nnscratch", "nnscratch.exe"):
+        raise SystemExit(_interrupted()) from None
     raise
 
 __version__ = "0.1.0"
@@ -30,9 +46,11 @@ def _command() -> int:
     try:
         from .cli import main
     except KeyboardInterrupt:
-        print("nnscratch: interrupted", file=_sys.stderr)
-        return 130
-    return main()
+        return _interrupted()
+    try:
+        return main()
+    finally:
+        _quiet_shutdown()
 
 __all__ = [
     "CLASS_NAMES", "DataError", "ModelFileError", "load", "load_fashion_mnist", "save",

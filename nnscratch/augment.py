@@ -38,6 +38,8 @@ class RandomShiftFlip:
         return {"max_shift": self.max_shift, "flip": self.flip}
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"RandomShiftFlip needs a numpy.random.Generator, got {rng!r}")
         batch = np.asarray(batch)
         n, side = len(batch) if batch.ndim else 0, _square_side(batch.shape)
         s = self.max_shift
@@ -63,8 +65,10 @@ _NUMBA_DTYPES = frozenset(np.dtype(t) for t in (
 def _square_side(shape: tuple[int, ...]) -> int:
     """The side S of a batch of square images shaped (N, S, S), (N, 1, S, S) or (N, S*S)."""
     def refuse() -> ValueError:
-        return ValueError("RandomShiftFlip needs a batch of square images shaped (N, S, S) "
-                          f"or (N, S*S), got shape {shape}")
+        single = " (for a single image, pass x[None])" if len(shape) == 2 and shape[0] == shape[1] \
+            or len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0] > 0 else ""
+        return ValueError("RandomShiftFlip needs a batch of square images shaped (N, S, S), "
+                          f"(N, 1, S, S) or (N, S*S), got shape {shape}{single}")
     if len(shape) == 2:
         side = math.isqrt(shape[1])
         if side * side != shape[1] or side == 0:

@@ -194,14 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
+        command = parser.commands[args.command]
+        if unknown:  # argparse would report these with the top-level usage
+            command.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
+        previous = _sigterm_as_interrupt()
     except KeyboardInterrupt:
         print("nnscratch: interrupted", file=sys.stderr)
         return 130
-    command = parser.commands[args.command]
-    if unknown:  # argparse would report these with the top-level usage
-        command.error(f"unrecognized arguments: {' '.join(unknown)}")
-    # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
-    previous = _sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
             # A warning is one line for the user, not a source location.

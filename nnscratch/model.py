@@ -3,6 +3,7 @@ Keras-style fit / evaluate / predict."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -299,6 +300,10 @@ class Sequential:
         y = self._check_labels(y, len(x))
         batch_size = positive_int("batch_size", batch_size)
         _warn_if_raw_pixels(x)
+        return self._evaluate(x, y, batch_size)
+
+    def _evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> dict[str, float]:
+        """``evaluate`` on inputs already checked (the training loop's validation pass)."""
         was_training = self.training
         self.eval()
         total_loss, correct = 0.0, 0
@@ -339,15 +344,27 @@ class Sequential:
         return y.astype(np.intp, copy=False)
 
 
-def _warn_if_raw_pixels(x: np.ndarray) -> None:
+def _warn_if_raw_pixels(x: np.ndarray, name: str = "x") -> None:
     """Warn when float input looks like unscaled 0-255 pixels (``images.astype(float)``
     without the division): floats are taken as already scaled, so such input reaches
     the model 255 times too bright and its predictions are quietly worse."""
-    if x.dtype.kind != "f" or x.size == 0 or float(x.max()) <= 1:
+    if x.dtype.kind != "f" or x.size == 0 or float(x.max()) <= 1 or float(x.min()) < 0 \
+            or float(x.max()) > 255:
         return
-    sample = x[:1000]  # enough to tell whole-number pixels from real-valued features
-    if float(x.min()) >= 0 and float(x.max()) <= 255 and np.array_equal(sample, np.round(sample)):
-        warnings.warn("float input with whole-number values up to "
-                      f"{float(x.max()):g} looks like raw 0-255 pixels, but float input is taken "
-                      "as already scaled to 0-1: pass the uint8 pixels, or divide by 255",
-                      UserWarning, stacklevel=3)
+    for start in range(0, len(x), 1000):  # in blocks: no whole-array temporary
+        block = x[start:start + 1000]
+        if not np.array_equal(block, np.round(block)):
+            return
+    warnings.warn(f"{name}: float input with whole-number values up to {float(x.max()):g} "
+                  "looks like raw 0-255 pixels, but float input is taken as already scaled "
+                  "to 0-1: pass the uint8 pixels, or divide by 255",
+                  UserWarning, stacklevel=_caller_outside_package())
+
+
+def _caller_outside_package() -> int:
+    """The ``stacklevel`` that makes a warning name the user's line, whichever public
+    function (``predict``, ``evaluate``, ``fit``, ``Trainer``) led to it."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "nnscratch":
+        frame, level = frame.f_back, level + 1
+    return level

@@ -13,7 +13,7 @@ import numpy as np
 from . import kernels
 from .checks import is_finite_at_least, is_number, make_rng, positive_int
 from .layers import GRADS_REPLACED
-from .model import Sequential
+from .model import Sequential, _warn_if_raw_pixels
 from .optim import Adam
 from .progress import Progress
 from .schedules import Constant, WarmupCosine
@@ -50,6 +50,7 @@ class Trainer:
                  on_epoch_end: Callable[[Trainer], None] | None = None) -> None:
         self.model = model
         self.x = model.check_input(x)
+        _warn_if_raw_pixels(self.x)
         self.y = model._check_labels(y, len(self.x))
         self.epochs = positive_int("epochs", epochs)
         self.batch_size = positive_int("batch_size", batch_size)
@@ -63,6 +64,7 @@ class Trainer:
             vx, vy = validation_data
             vx = model.check_input(vx, "validation x")
             self.validation = (vx, model._check_labels(vy, len(vx)))
+            _warn_if_raw_pixels(vx, "validation x")
         if not isinstance(restore_best, (bool, np.bool_)):
             raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
         if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose < 0:
@@ -262,7 +264,7 @@ class Trainer:
             self._diverged("a weight became NaN or infinite")
         metrics = self._running_metrics()
         if self.validation is not None:
-            val = self.model.evaluate(*self.validation)
+            val = self.model._evaluate(*self.validation)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             if self.best is None or val["accuracy"] > self.best["val_accuracy"]:
                 self.best = {"val_accuracy": val["accuracy"], "epoch": self.epoch + 1,

@@ -187,3 +187,30 @@ def test_predict_and_evaluate_warn_about_float_pixels_that_were_not_scaled():
         model.predict(pixels / np.float32(255))                 # already scaled
         model.predict(features)
         model.predict(np.ones((2, 16), np.float32))             # whole numbers, but <= 1
+
+
+def test_raw_pixel_warnings_name_the_input_and_the_callers_line(recwarn):
+    model = nn.Sequential(nn.Flatten(), nn.Dense(16, 3), seed=0)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 4, 4)).astype(np.uint8)
+    labels = rng.integers(0, 3, 40)
+    raw = pixels.astype(np.float32)
+    model.fit(pixels, labels, epochs=1, batch_size=8, verbose=0, validation_data=(raw, labels))
+    model.fit(raw / 255, labels, epochs=1, batch_size=8, verbose=0)
+    model.predict(raw)
+    messages = [(str(w.message).split(":")[0], w.filename) for w in recwarn.list
+                if issubclass(w.category, UserWarning)]
+    # one warning for the validation data (not one per epoch), none for scaled data
+    assert messages == [("validation x", __file__), ("x", __file__)]
+
+
+def test_raw_pixel_warning_looks_at_every_row_not_just_the_first_thousand():
+    model = nn.Sequential(nn.Flatten(), nn.Dense(16, 3), seed=0)
+    x = np.zeros((1500, 16), np.float32)
+    x[1200:] = np.random.default_rng(2).random((300, 16)) * 3    # real-valued, up to 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(x)
+    x[1200:] = np.round(x[1200:] * 80)                             # whole numbers up to 240
+    with pytest.warns(UserWarning, match="up to 2[0-9][0-9] looks like raw"):
+        model.predict(x)

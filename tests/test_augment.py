@@ -109,3 +109,12 @@ def test_empty_and_channel_batches_keep_their_shape(shape):
     if batch.size:
         flat = RandomShiftFlip(1, 0.5)(batch.reshape(shape[0], -1), np.random.default_rng(1))
         assert np.array_equal(out.reshape(flat.shape), flat)
+
+
+def test_a_single_image_gets_a_hint_and_a_missing_generator_a_type_error():
+    with pytest.raises(ValueError, match=r"single image, pass x\[None\]"):
+        RandomShiftFlip(1)(np.zeros((28, 28), np.float32), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"single image, pass x\[None\]"):
+        RandomShiftFlip(1)(np.zeros(784, np.float32), np.random.default_rng(0))
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        RandomShiftFlip(1)(np.zeros((2, 28, 28), np.float32), None)

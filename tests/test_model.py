@@ -392,7 +392,8 @@ def test_divergence_on_unscaled_float_pixels_says_so():
     x, y = images(n=512)
     model = Sequential(Flatten(), Dense(784, 64), ReLU(), Dense(64, 10), seed=0)
     with pytest.raises(TrainingDiverged, match=r"floats up to 25\d, used as they are .* "
-                                               r"divide them by 255"), np.errstate(all="ignore"):
+                                               r"divide them by 255"), np.errstate(all="ignore"), \
+            pytest.warns(UserWarning, match="raw 0-255 pixels"):   # warned before training
         model.fit(x.astype(np.float32), y, epochs=3, lr_schedule=lambda step: 0.05, verbose=0)
 
 
