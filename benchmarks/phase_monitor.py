@@ -10,8 +10,8 @@ gather run alone, 100 times each. The last three columns are controls: the gathe
 from an anonymous (huge-page backed) copy of the data instead of the memory-mapped
 cache, and the Adam kernel on one flat set of arrays, huge-page backed or not.
 
-What it showed here (README "Performance"): in slow phases the in-step Adam and
-gather grow 3-8x while the same work run alone does not, and with
+What it showed here (README "Performance"): in slow phases the in-step Adam grows
+3-9x and the gather 2-4x while the same work run alone does not, and with
 OPENBLAS_NUM_THREADS=1 (no worker thread) the growth almost disappears.
 """
 
