@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from . import kernels
-from .checks import is_number
+from .checks import is_int, is_number
 
 
 class RandomShiftFlip:
@@ -27,8 +27,7 @@ class RandomShiftFlip:
     """
 
     def __init__(self, max_shift: int = 2, flip: float = 0.5) -> None:
-        if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) \
-                or max_shift < 0:
+        if not is_int(max_shift) or max_shift < 0:
             raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
         if not is_number(flip) or not 0.0 <= flip <= 1.0:
             raise ValueError(f"flip must be a probability in [0, 1], got {flip!r}")

@@ -13,6 +13,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def is_int(value: Any) -> bool:
+    """A real integer (NumPy's included), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def is_finite_at_least(value: Any, minimum: float = 0.0, *, strict: bool = False) -> bool:
     """A finite number >= ``minimum`` (> with ``strict``)."""
     return is_number(value) and math.isfinite(value) and (
@@ -21,7 +26,7 @@ def is_finite_at_least(value: Any, minimum: float = 0.0, *, strict: bool = False
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
@@ -38,7 +43,6 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """The generator itself, or a new one from an integer seed (None: fresh entropy)."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                             or seed < 0):
+    if seed is not None and (not is_int(seed) or seed < 0):
         raise TypeError(f"seed must be an integer >= 0 or a numpy.random.Generator, got {seed!r}")
     return np.random.default_rng(seed)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _interrupted
 from .atomic import atomic_write, remove_stale_temporaries
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -200,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
         previous = _sigterm_as_interrupt()
     except KeyboardInterrupt:
-        print("nnscratch: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     try:
         with warnings.catch_warnings():
             # A warning is one line for the user, not a source location.

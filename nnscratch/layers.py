@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import kernels
-from .checks import float_dtype, is_number
+from .checks import float_dtype, is_int, is_number
 
 
 def param_key_problem(layer: Layer) -> str | None:
@@ -126,7 +126,7 @@ class Dense(Layer):
                  dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
         if init not in ("he", "glorot"):
             raise ValueError(f"Dense: init must be 'he' or 'glorot', got {init!r}")

@@ -348,14 +348,16 @@ def _warn_if_raw_pixels(x: np.ndarray, name: str = "x") -> None:
     """Warn when float input looks like unscaled 0-255 pixels (``images.astype(float)``
     without the division): floats are taken as already scaled, so such input reaches
     the model 255 times too bright and its predictions are quietly worse."""
-    if x.dtype.kind != "f" or x.size == 0 or float(x.max()) <= 1 or float(x.min()) < 0 \
-            or float(x.max()) > 255:
+    if x.dtype.kind != "f" or x.size == 0:
+        return
+    top = float(x.max())
+    if not 1 < top <= 255 or float(x.min()) < 0:
         return
     for start in range(0, len(x), 1000):  # in blocks: no whole-array temporary
         block = x[start:start + 1000]
         if not np.array_equal(block, np.round(block)):
             return
-    warnings.warn(f"{name}: float input with whole-number values up to {float(x.max()):g} "
+    warnings.warn(f"{name}: float input with whole-number values up to {top:g} "
                   "looks like raw 0-255 pixels, but float input is taken as already scaled "
                   "to 0-1: pass the uint8 pixels, or divide by 255",
                   UserWarning, stacklevel=_caller_outside_package())

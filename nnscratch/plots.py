@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import ArrayLike
 
 from .atomic import atomic_write
+from .checks import is_int
 from .metrics import _as_labels
 
 __all__ = ["plot_confusion_matrix", "plot_misclassified", "plot_training_curves"]
@@ -265,8 +266,7 @@ def plot_misclassified(images: ArrayLike, y_true: ArrayLike, y_pred: ArrayLike,
     Raises ValueError for mismatched lengths, labels without a class name, or
     ``max_images`` outside 1..25.
     """
-    if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) \
-            or not 1 <= max_images <= MAX_GRID * MAX_GRID:
+    if not is_int(max_images) or not 1 <= max_images <= MAX_GRID * MAX_GRID:
         raise ValueError(f"max_images must be an integer from 1 to {MAX_GRID * MAX_GRID}, "
                          f"got {max_images!r}")
     pictures = _as_square_images(images)

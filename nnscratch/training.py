@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import kernels
-from .checks import is_finite_at_least, is_number, make_rng, positive_int
+from .checks import is_finite_at_least, is_int, is_number, make_rng, positive_int
 from .layers import GRADS_REPLACED
 from .model import Sequential, _warn_if_raw_pixels
 from .optim import Adam
@@ -67,7 +67,7 @@ class Trainer:
             _warn_if_raw_pixels(vx, "validation x")
         if not isinstance(restore_best, (bool, np.bool_)):
             raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
-        if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose < 0:
+        if not is_int(verbose) or verbose < 0:
             raise ValueError(f"verbose must be 0 (silent) or 1 (progress), got {verbose!r}")
         if restore_best and self.validation is None:
             raise ValueError("restore_best needs validation_data to pick the best epoch")
@@ -108,9 +108,6 @@ class Trainer:
 
     def _state_problems(self, state: Any) -> list[str]:
         """What in ``state`` does not fit this run (positions, counts, history)."""
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
         keys = ("epoch", "batch", "first_step", "perm", "loss_sum", "correct", "seen", "elapsed",
                 "history", "best", "rng_state", "optimizer", "model")
         if not isinstance(state, dict) or any(k not in state for k in keys):
