@@ -22,24 +22,12 @@ import time
 from collections import defaultdict
 
 import numpy as np
+import peers  # benchmarks/peers.py, next to this script
 
 import nnscratch as nn
 from nnscratch import kernels
 
 B, CHUNK = 128, 100
-
-
-def floor_step(ops: list[np.ndarray], out: list[np.ndarray]) -> None:
-    """The reference step's 8 matrix products (3 forward, 3 dW, 2 dX)."""
-    x, w1, h1, w2, h2, w3 = ops
-    np.matmul(x, w1, out=out[0])
-    np.matmul(h1, w2, out=out[1])
-    np.matmul(h2, w3, out=out[2])
-    np.matmul(h2.T, out[2], out=out[3])
-    np.matmul(out[2], w3.T, out=out[4])
-    np.matmul(h1.T, out[4], out=out[5])
-    np.matmul(out[4], w2.T, out=out[6])
-    np.matmul(x.T, out[6], out=out[7])
 
 
 def main() -> None:
@@ -53,10 +41,6 @@ def main() -> None:
     model.train()
     rng = np.random.default_rng(0)
     f32 = np.float32
-    ops = [rng.standard_normal(s).astype(f32) for s in
-           ((B, 784), (784, 256), (B, 256), (256, 128), (B, 128), (128, 10))]
-    out = [np.empty(s, f32) for s in
-           ((B, 256), (B, 128), (B, 10), (128, 10), (B, 128), (256, 128), (B, 256), (784, 256))]
     x_anon = np.array(x).reshape(len(x), -1)  # NumPy puts allocations >= 4 MiB on huge pages
     n = sum(p.value.size for p in model.parameters())
     big = np.zeros(4 << 20, f32)
@@ -102,7 +86,8 @@ def main() -> None:
             for key, dt in (("gather", t1 - t0), ("fwd", t2 - t1), ("loss", t3 - t2),
                             ("bwd", t4 - t3), ("adam", t5 - t4)):
                 spent[key] += dt / CHUNK * 1e6
-        floor = per_call(lambda i: floor_step(ops, out))
+        # the floor's 8 products for CHUNK steps: one "epoch" of CHUNK * B rows
+        floor = peers.gemm_floor(x[:CHUNK * B], y[:CHUNK * B], epochs=1)["epoch_times"][0] / CHUNK * 1e6
         time.sleep(0.3)  # OpenBLAS's idle worker spins ~0.1 s after a product, then sleeps
         adam_alone = per_call(lambda i: opt.step())
         # the same fresh random rows as the chunk's steps: every row a cache miss
