@@ -6,17 +6,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TextIO
 
 import numpy as np
 
-from . import kernels
+from . import blas, kernels
 from .checks import is_finite_at_least, is_int, is_number, make_rng, positive_int
 from .layers import GRADS_REPLACED
 from .model import Sequential, _warn_if_raw_pixels
 from .optim import Adam
 from .progress import Progress
 from .schedules import Constant, WarmupCosine
+from .threaded import ThreadedStep
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,6 +107,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         # Reused per-step buffer for the batch's labels.
         self._yb = np.empty(self.batch_size, np.intp)
+        self._threaded: ThreadedStep | None = None  # set by run() when the run qualifies
 
     def _state_problems(self, state: Any) -> list[str]:
         """What in ``state`` does not fit this run (positions, counts, history)."""
@@ -178,7 +181,19 @@ class Trainer:
         raise ValueError(f"lr_schedule must be 'constant', 'cosine' or a function, got {kind!r}")
 
     # ---- the loop --------------------------------------------------------------
+    def _learning_rate(self) -> float:
+        step = self.optimizer.step_count - self.first_step + 1
+        lr = self.schedule(step)
+        if not is_finite_at_least(lr):
+            raise ValueError(f"lr_schedule returned {lr!r} for step {step}: a learning rate "
+                             "must be a finite number >= 0")
+        return float(lr)
+
     def _step(self, idx: np.ndarray) -> float:
+        if self._threaded is not None:  # the same step, split between threads
+            loss, correct = self._threaded.step(self.x, self.y, idx, self._learning_rate())
+            self.correct += correct
+            return loss
         model, n = self.model, len(idx)
         xb = model._as_batch(self.x, idx)
         if self.augment is not None:
@@ -188,12 +203,7 @@ class Trainer:
         np.take(self.y, idx, out=yb)
         loss = model.loss.forward(logits, yb)
         model._backward(model.loss.backward(), input_grad=False)
-        step = self.optimizer.step_count - self.first_step + 1
-        lr = self.schedule(step)
-        if not is_finite_at_least(lr):
-            raise ValueError(f"lr_schedule returned {lr!r} for step {step}: a learning rate "
-                             "must be a finite number >= 0")
-        self.optimizer.lr = float(lr)
+        self.optimizer.lr = self._learning_rate()
         self.optimizer.step()
         self.correct += kernels.count_correct(logits, yb)
         return loss
@@ -209,27 +219,20 @@ class Trainer:
         """Train until ``epochs`` are done; returns the history."""
         model = self.model
         model.train()
+        previous = self._threaded
+        self._threaded = ThreadedStep.for_run(model, self.optimizer, self.x, self.augment)
+        if previous is not None and self._threaded is not None:
+            self._threaded.reuse_buffers(previous)
         while self.epoch < self.epochs:
             if self.batch == 0:
                 self.perm = model.rng.permutation(len(self.x))
                 self.loss_sum, self.correct, self.seen, self.elapsed = 0.0, 0, 0, 0.0
             self.progress.start_epoch(self.epoch)
             started = time.perf_counter()
-            while self.batch < self.steps_per_epoch:
-                idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
-                loss = self._step(idx)
-                if not math.isfinite(loss) or loss > self.loss_limit:
-                    self._diverged(f"the loss became {loss:.4g}")
-                if self.first_step_done is None:
-                    self.first_step_done = time.time()
-                    self._check_grads_in_place()
-                self.loss_sum += loss * len(idx)
-                self.seen += len(idx)
-                self.batch += 1
-                self.progress.update(self.batch, self._running_metrics())
-                if self.stop_requested:
-                    self.elapsed += time.perf_counter() - started
-                    raise TrainingInterrupted
+            # The threaded step's threads call BLAS themselves; the epoch's end
+            # (validation, the caller's on_epoch_end) sees the usual thread count.
+            with blas.one_thread() if self._threaded is not None else nullcontext():
+                self._epoch_steps(started)
             self.elapsed += time.perf_counter() - started
             self._finish_epoch()
             if self.on_epoch_end is not None:
@@ -239,6 +242,24 @@ class Trainer:
         if self.restore_best and self.best is not None:
             model.load_state_dict(self.best["weights"])
         return self.history
+
+    def _epoch_steps(self, started: float) -> None:
+        """The current epoch's remaining steps."""
+        while self.batch < self.steps_per_epoch:
+            idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+            loss = self._step(idx)
+            if not math.isfinite(loss) or loss > self.loss_limit:
+                self._diverged(f"the loss became {loss:.4g}")
+            if self.first_step_done is None:
+                self.first_step_done = time.time()
+                self._check_grads_in_place()
+            self.loss_sum += loss * len(idx)
+            self.seen += len(idx)
+            self.batch += 1
+            self.progress.update(self.batch, self._running_metrics())
+            if self.stop_requested:
+                self.elapsed += time.perf_counter() - started
+                raise TrainingInterrupted
 
     def _running_metrics(self) -> dict[str, float]:
         return {"loss": self.loss_sum / max(self.seen, 1),

@@ -17,6 +17,7 @@ from nnscratch import (
     Sequential,
     Trainer,
     TrainingDiverged,
+    kernels,
 )
 
 
@@ -573,17 +574,23 @@ def test_fitting_again_after_a_cosine_schedule_starts_from_the_initial_lr():
     assert any(not np.array_equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_training_steps_reuse_their_buffers_across_epochs_with_a_short_last_batch():
+@pytest.mark.parametrize("threaded", ["1", "0"])
+def test_training_steps_reuse_their_buffers_across_epochs_with_a_short_last_batch(
+        threaded, monkeypatch):
     # 100 samples in batches of 32: three full batches and one of 4 per epoch.
+    monkeypatch.setenv("NNSCRATCH_THREADED_STEP", threaded)
     x, y = blobs(n=100)
     model = blob_model(dropout=0.2)
+    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
 
     def buffer_ids():
         stores = [model._batches] + [s._buffers for s in model._stages]
+        if trainer._threaded is not None:
+            stores.append(trainer._threaded._buffers)
         return {id(a) for store in stores for a in store.values()}
 
-    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
     trainer.run()
+    assert (trainer._threaded is not None) == (threaded == "1" and kernels.BACKEND == "numba")
     before = buffer_ids()
     trainer.epochs = 3
     trainer.run()

@@ -126,37 +126,55 @@ def multiply(a, b, out):
         of[i] = af[i] * bf[i]
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _softmax_cross_entropy_row(logits, label, dlogits, i, inv_n):
+    """Row i's loss (float32); writes its dL/dlogits, already divided by N."""
+    k = logits.shape[1]
+    # float32 constants keep every step below in float32 (a bare 1 or 1.0 would promote to float64).
+    zero = inv_n - inv_n
+    one = inv_n / inv_n
+    row_max = logits[i, 0]
+    for j in range(1, k):
+        if logits[i, j] > row_max:
+            row_max = logits[i, j]
+    s = zero  # not logits[i, 0] - logits[i, 0], which is NaN for an infinite logit
+    for j in range(k):
+        e = np.exp(logits[i, j] - row_max)
+        dlogits[i, j] = e
+        s += e
+    loss = np.log(s) - (logits[i, label] - row_max)
+    for j in range(k):
+        dlogits[i, j] = dlogits[i, j] / s
+    dlogits[i, label] -= one
+    for j in range(k):
+        dlogits[i, j] *= inv_n
+    return loss
+
+
 @njit(cache=True, error_model="numpy")
 def softmax_cross_entropy(logits, labels, dlogits):
     n, k = logits.shape
     if n == 0:
         return np.nan
-    # 1/N rounded once to the array's dtype, as in the twin; float32 constants
-    # keep every step below in float32 (a bare 1 or 1.0 would promote to float64).
+    # 1/N rounded once to the array's dtype, as in the twin.
     inv_n = dlogits.dtype.type(1.0 / n)
-    zero = inv_n - inv_n
-    one = inv_n / inv_n
     total = 0.0
     for i in range(n):
         if labels[i] < 0 or labels[i] >= k:
             return -1.0
-        row_max = logits[i, 0]
-        for j in range(1, k):
-            if logits[i, j] > row_max:
-                row_max = logits[i, j]
-        s = zero  # not logits[i, 0] - logits[i, 0], which is NaN for an infinite logit
-        for j in range(k):
-            e = np.exp(logits[i, j] - row_max)
-            dlogits[i, j] = e
-            s += e
-        label = labels[i]
-        total += np.log(s) - (logits[i, label] - row_max)
-        for j in range(k):
-            dlogits[i, j] = dlogits[i, j] / s
-        dlogits[i, label] -= one
-        for j in range(k):
-            dlogits[i, j] *= inv_n
+        total += _softmax_cross_entropy_row(logits, labels[i], dlogits, i, inv_n)
     return total / n
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _argmax_row(logits, i):
+    best = 0
+    for j in range(1, logits.shape[1]):
+        # Like np.argmax: the first maximum wins, and the first NaN beats everything.
+        if logits[i, j] > logits[i, best] or (logits[i, j] != logits[i, j]
+                                               and logits[i, best] == logits[i, best]):
+            best = j
+    return best
 
 
 @njit(cache=True, error_model="numpy")
@@ -164,14 +182,18 @@ def count_correct(logits, labels):
     n, k = logits.shape
     correct = 0
     for i in range(n):
-        best = 0
-        for j in range(1, k):
-            # Like np.argmax: the first maximum wins, and the first NaN beats everything.
-            if logits[i, j] > logits[i, best] or (logits[i, j] != logits[i, j]
-                                                   and logits[i, best] == logits[i, best]):
-                best = j
-        correct += best == labels[i]
+        correct += _argmax_row(logits, i) == labels[i]
     return correct
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adam_element(p, g, m, v, beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush, zero):
+    """One parameter's Adam step: the new (p, m, v)."""
+    m = m * beta1 + c1 * g
+    m = zero if abs(m) < flush else m  # NaN passes through, as in the twin
+    v = v * beta2 + c2 * (g * g)
+    v = zero if v < flush else v
+    return p * decay - step_size * (m / (np.sqrt(v) * inv_sqrt_bc2 + eps)), m, v
 
 
 @njit(cache=True, error_model="numpy")
@@ -184,14 +206,8 @@ def adam_update(param, grad, m, v, coef):
     mf = m.reshape(-1)
     vf = v.reshape(-1)
     for i in range(pf.size):
-        g = gf[i]
-        mi = mf[i] * beta1 + c1 * g
-        mi = zero if abs(mi) < flush else mi  # NaN passes through, as in the twin
-        vi = vf[i] * beta2 + c2 * (g * g)
-        vi = zero if vi < flush else vi
-        mf[i] = mi
-        vf[i] = vi
-        pf[i] = pf[i] * decay - step_size * (mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps))
+        pf[i], mf[i], vf[i] = _adam_element(pf[i], gf[i], mf[i], vf[i], beta1, c1, beta2, c2, eps,
+                                            decay, step_size, inv_sqrt_bc2, flush, zero)
 
 
 @intrinsic
@@ -249,3 +265,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
                     out[k, r, c] = images[k, rr, cc]
                 else:
                     out[k, r, c] = 0
+
+
+# The whole training step lives in its own module (it builds on the kernels above).
+from .step import train_step as train_step  # noqa: E402

@@ -65,16 +65,20 @@ def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np
     when the top 24 bits of hash(key, i) are >= round(p * 2**24), so the keep
     probability is 1 - p up to 2**-24.
     """
+    _keep_scale(key, np.uint64(round(p * 2**24)), mask.dtype.type(1.0 / (1.0 - p)), mask)
+    np.multiply(x, mask, out=out)
+
+
+def _keep_scale(key: int, threshold: np.uint64, scale: np.floating, mask: np.ndarray) -> None:
+    """mask = scale where the top 24 bits of hash(key, i) reach ``threshold``, else 0."""
     i = np.arange(1, mask.size + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
         z = np.uint64(key) + i * _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
     z ^= z >> np.uint64(31)
-    keep = (z >> np.uint64(40)) >= np.uint64(round(p * 2**24))
-    scale = mask.dtype.type(1.0 / (1.0 - p))
+    keep = (z >> np.uint64(40)) >= threshold
     np.multiply(keep.reshape(mask.shape), scale, out=mask)
-    np.multiply(x, mask, out=out)
 
 
 def bias_relu_forward(z: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -205,3 +209,49 @@ def shift_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flipped: np.n
     cols = np.where(flipped[:, None], side - 1 - r, r) + dx[:, None]    # (n, side)
     rows = r[None, :] + dy[:, None]                                       # (n, side)
     out[...] = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def train_step(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scale: float,
+               y: np.ndarray, weights: tuple, biases: tuple, acts: tuple, deltas: tuple,
+               wgrads: tuple, bgrads: tuple, wm: tuple, wv: tuple, bm: tuple, bv: tuple,
+               keys: np.ndarray, thresholds: np.ndarray, scales: np.ndarray, coef: np.ndarray,
+               row_loss: np.ndarray) -> tuple[float, int]:
+    """One training step of Dense -> ReLU [-> Dropout] blocks and a last Dense,
+    softmax cross-entropy and Adam, exactly as ``Trainer`` runs it layer by
+    layer, here in one function (``sgemm``, ``threads`` and ``row_loss`` are the
+    Numba twin's: it splits the same work between threads, see ``step.py``).
+
+    Per layer l: a_{l+1} = relu(a_l @ W_l + b_l) * mask_l (the last: a_l @ W_l + b_l,
+    the logits); dz of the last layer is dL/dlogits; below it
+    dz_{l-1} = (dz_l @ W_l^T) * s_{l-1} where a_l > 0; then dW_l = a_l^T @ dz_l,
+    db_l = sum_n dz_l and Adam on every W and b. Returns (mean loss, correct).
+    """
+    layers = len(weights)
+    gather_scale(src, idx, scale, acts[0])
+    for layer in range(layers):
+        z = acts[layer + 1]
+        np.matmul(acts[layer], weights[layer], out=z)
+        add_bias(z, biases[layer], z)
+        if layer < layers - 1:
+            relu_forward(z, z)
+            if not (thresholds[layer] == 0 and scales[layer] == 1):  # dropout
+                mask = np.empty_like(z)
+                _keep_scale(keys[layer], thresholds[layer], scales[layer], mask)
+                np.multiply(z, mask, out=z)
+    labels = y[idx]
+    logits, dlogits = acts[layers], deltas[layers - 1]
+    loss = softmax_cross_entropy(logits, labels, dlogits)
+    correct = count_correct(logits, labels)
+    for layer in range(layers - 1, -1, -1):
+        dz = deltas[layer]
+        if layer == layers - 1:  # the hidden layers' bias gradients come from relu_bias_grad
+            np.sum(dz, axis=0, out=bgrads[layer])
+        np.matmul(acts[layer].T, dz, out=wgrads[layer])
+        if layer > 0:
+            da = deltas[layer - 1]
+            np.matmul(dz, weights[layer].T, out=da)
+            relu_bias_grad(da, acts[layer], scales[layer - 1], da, bgrads[layer - 1])
+    for layer in range(layers):
+        adam_update(weights[layer], wgrads[layer], wm[layer], wv[layer], coef)
+        adam_update(biases[layer], bgrads[layer], bm[layer], bv[layer], coef)
+    return loss, correct

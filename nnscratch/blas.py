@@ -1,0 +1,73 @@
+"""NumPy's own OpenBLAS, reached directly: ``sgemm`` and its thread count.
+
+The threaded training step (``kernels/step.py``) splits each matrix product
+between the threads of Numba's pool, and each thread calls single-threaded
+``sgemm`` on its share; OpenBLAS's own threads must then stay out of the way.
+So this module finds the library NumPy links (the wheels' ``scipy_openblas64_``,
+64-bit integers) and its ``cblas_sgemm`` and ``openblas_set_num_threads``. It
+loads nothing new: ``ctypes.CDLL`` of an already loaded file returns the same
+library, so the thread count set here is the one NumPy's products see.
+
+Anything else (a NumPy built on MKL or Accelerate, a 32-bit-integer OpenBLAS)
+leaves ``SGEMM`` at 0 and training takes the one-thread path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+SGEMM = 0          # address of cblas_sgemm with 64-bit integers, or 0 when not found
+_set_threads = None
+_get_threads = None
+
+
+def _find() -> None:
+    global SGEMM, _set_threads, _get_threads
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas64_*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_", ""):
+            try:
+                sgemm = getattr(lib, f"{prefix}cblas_sgemm64_")
+                setter = getattr(lib, f"{prefix}openblas_set_num_threads64_")
+                getter = getattr(lib, f"{prefix}openblas_get_num_threads64_")
+            except AttributeError:
+                continue
+            setter.argtypes, setter.restype = [ctypes.c_int], None
+            getter.argtypes, getter.restype = [], ctypes.c_int
+            SGEMM = ctypes.cast(sgemm, ctypes.c_void_p).value or 0
+            _set_threads, _get_threads = setter, getter
+            return
+
+
+_find()
+
+
+def available() -> bool:
+    """Whether single-threaded ``sgemm`` calls from our own threads are possible."""
+    return SGEMM != 0
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """OpenBLAS runs every product on the calling thread inside this block
+    (its own workers would otherwise compete with ours for the cores); the
+    thread count it had is put back on the way out, whatever happens."""
+    if _get_threads is None or _set_threads is None:
+        yield
+        return
+    before = _get_threads()
+    _set_threads(1)
+    try:
+        yield
+    finally:
+        _set_threads(before)

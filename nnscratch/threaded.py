@@ -1,0 +1,135 @@
+"""The threaded training step: when a run qualifies, ``Trainer`` hands each
+whole step (gather, forward, loss, backward, Adam) to ``kernels.train_step``,
+which splits it between the threads of Numba's pool (see ``kernels/step.py``).
+
+It qualifies for the usual MLP: [Flatten ->] Dense -> ReLU [-> Dropout] blocks,
+a last Dense, float32, fused (the default), softmax cross-entropy, Adam over
+every parameter, no augmentation, the Numba backend, at least two threads, and
+NumPy's own OpenBLAS (``blas.py``). Anything else runs the layer-by-layer step.
+The two compute the same formulas and agree to float32 rounding (OpenBLAS may
+round a half product differently from the whole; tests hold them close).
+``NNSCRATCH_THREADED_STEP=0`` turns it off (e.g. to compare the two).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+from . import blas, kernels
+from .blocks import DenseReLU
+from .layers import Dense, Flatten, reuse_buffer
+from .losses import SoftmaxCrossEntropy
+from .optim import Adam
+
+
+def _enabled_by_environment() -> bool:
+    return os.environ.get("NNSCRATCH_THREADED_STEP", "1").strip() not in ("0", "false", "no", "off")
+
+
+@numba.njit(parallel=True, cache=True)
+def _touch_threads(out):
+    for t in numba.prange(out.size):
+        out[t] = t
+
+
+def _pool_wakes_fast() -> bool:
+    """Whether Numba's pool is one whose idle threads wait spinning (OpenMP or TBB):
+    a step wakes it twice, and the fallback 'workqueue' pool sleeps between
+    jobs, which costs more per step than the threads gain (measured: 1.26x the
+    products' time for the products alone, against 1.02x with OpenMP)."""
+    _touch_threads(np.zeros(numba.get_num_threads()))
+    return numba.threading_layer() != "workqueue"
+
+
+class ThreadedStep:
+    """The arrays ``kernels.train_step`` works on, gathered once per run."""
+
+    def __init__(self, model, optimizer: Adam, dense: list[Dense], dropouts: list) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.dense, self.dropouts = dense, dropouts
+        by_id = {id(p.value): p.name for p in optimizer.params}
+
+        def moments(store: dict, key: str) -> tuple[np.ndarray, ...]:
+            return tuple(store[by_id[id(d.params[key])]] for d in dense)
+
+        self.weights = tuple(d.params["weight"] for d in dense)
+        self.biases = tuple(d.params["bias"] for d in dense)
+        self.wgrads = tuple(d.grads["weight"] for d in dense)
+        self.bgrads = tuple(d.grads["bias"] for d in dense)
+        self.wm, self.wv = moments(optimizer.m, "weight"), moments(optimizer.v, "weight")
+        self.bm, self.bv = moments(optimizer.m, "bias"), moments(optimizer.v, "bias")
+        self.keys = np.zeros(len(dense), np.uint64)
+        self.thresholds = np.zeros(len(dense), np.uint64)
+        self.scales = np.ones(len(dense), np.float32)
+        self._buffers: dict = {}
+
+    @classmethod
+    def for_run(cls, model, optimizer: Adam, x: np.ndarray, augment) -> ThreadedStep | None:
+        """The plan for this run, or None when it must take the layer-by-layer step."""
+        if not (_enabled_by_environment() and kernels.BACKEND == "numba" and blas.available()
+                and numba.get_num_threads() >= 2 and augment is None and model.fuse
+                and model.dtype == np.float32 and x.dtype in (np.uint8, np.float32)
+                and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam
+                and _pool_wakes_fast()):
+            return None
+        stages = list(model._current_stages())
+        while stages and type(stages[0]) is Flatten:
+            stages.pop(0)
+        if not stages or type(stages[-1]) is not Dense:
+            return None
+        blocks = stages[:-1]
+        if not all(type(b) is DenseReLU for b in blocks):
+            return None
+        dense = [b.dense for b in blocks] + [stages[-1]]
+        if any(type(d) is not Dense for d in dense):
+            return None
+        # Adam must update exactly these weights and biases, float32 and in place.
+        arrays = [d.params[k] for d in dense for k in ("weight", "bias")]
+        grads = [d.grads[k] for d in dense for k in ("weight", "bias")]
+        owned = {id(p.value): p for p in optimizer.params}
+        if len(owned) != len(arrays) or any(id(a) not in owned for a in arrays) or any(
+                owned[id(a)].grad is not g for a, g in zip(arrays, grads)):
+            return None
+        if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays + grads):
+            return None
+        return cls(model, optimizer, dense, [b.dropout for b in blocks])
+
+    def reuse_buffers(self, other: ThreadedStep) -> None:
+        """Take over ``other``'s per-batch-size buffers (a run continued by another
+        ``run()`` call allocates nothing new)."""
+        self._buffers = other._buffers
+
+    def _buffers_for(self, n: int) -> tuple:
+        def buf(name: str, cols: int, dtype=np.float32) -> np.ndarray:
+            return reuse_buffer(self._buffers, name, (n, cols), dtype)
+        widths = [self.dense[0].in_features] + [d.out_features for d in self.dense]
+        acts = tuple(buf(f"a{i}", w) for i, w in enumerate(widths))
+        deltas = tuple(buf(f"d{i}", w) for i, w in enumerate(widths[1:]))
+        return acts, deltas, buf("loss", 2, np.float64).reshape(-1)
+
+    def step(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float) -> tuple[float, int]:
+        """One training step on rows ``idx`` of (x, y) with learning rate ``lr``:
+        the dropout keys are drawn, in layer order, as the blocks draw them, and
+        Adam's step count advances as in ``Adam.step``."""
+        for i, dropout in enumerate(self.dropouts):
+            if dropout is not None and dropout.training and dropout.p > 0.0:
+                self.keys[i] = int(dropout.rng.integers(0, 2**63))
+                self.thresholds[i] = round(dropout.p * 2**24)
+                self.scales[i] = 1.0 / (1.0 - dropout.p)
+            else:
+                self.thresholds[i], self.scales[i] = 0, 1.0
+        opt = self.optimizer
+        opt.lr = lr
+        opt.step_count += 1
+        coef = opt._coefficients(np.dtype(np.float32))
+        acts, deltas, row_loss = self._buffers_for(len(idx))
+        src = x.reshape(len(x), -1)
+        scale = np.float32(1 / 255 if x.dtype == np.uint8 else 1)
+        loss, correct = kernels.train_step(
+            blas.SGEMM, numba.get_num_threads(), src, idx, scale, y, self.weights, self.biases,
+            acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
+            self.keys, self.thresholds, self.scales, coef, row_loss)
+        return float(loss), int(correct)

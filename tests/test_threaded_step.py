@@ -1,0 +1,223 @@
+"""The threaded training step (``kernels/step.py``, ``threaded.py``) against the
+layer-by-layer step, and the runs that must not take it.
+
+Both paths compute every value by the same formula; what may differ is the last
+bit of some matrix products, because the threaded step gives BLAS halves of
+them and OpenBLAS picks its kernels by matrix size (a (16, 33) product may not
+round like the (33, 33) one it is half of). So whole runs are compared to a
+tolerance far below what any wrong mask, missing term or stale buffer gives;
+the forward pass of one step, where nothing else differs, exactly.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from nnscratch import Adam, Dense, Dropout, Flatten, ReLU, Sequential, Trainer, blas, kernels
+from nnscratch.augment import RandomShiftFlip
+from nnscratch.kernels import reference
+from nnscratch.training import TrainingDiverged
+
+NUMBA = kernels.BACKEND == "numba"
+needs_numba = pytest.mark.skipif(not NUMBA, reason="the threaded step runs on the Numba backend only")
+
+
+def _data(n, shape, dtype, seed=0, k=10):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = rng.integers(0, 256, (n, *shape)).astype(np.uint8)
+    if dtype == np.float32:
+        x = (x / 255).astype(np.float32)
+    return x, y
+
+
+ARCHITECTURES = {
+    "images, two dropout blocks": (lambda: [Flatten(), Dense(144, 48), ReLU(), Dropout(0.3),
+                                            Dense(48, 24), ReLU(), Dropout(0.3), Dense(24, 10)],
+                                   (12, 12)),
+    "one Dense": (lambda: [Dense(144, 10)], (144,)),
+    "three blocks, p=0 and no dropout": (lambda: [Dense(144, 40), ReLU(), Dropout(0.0),
+                                                  Dense(40, 33), ReLU(), Dense(33, 17), ReLU(),
+                                                  Dropout(0.5), Dense(17, 10)], (144,)),
+}
+
+
+def _train(layers, x, y, threaded, monkeypatch, **fit):
+    monkeypatch.setenv("NNSCRATCH_THREADED_STEP", "1" if threaded else "0")
+    model = Sequential(*layers, seed=0)
+    opt = Adam(model.parameters(), lr=3e-3, weight_decay=fit.pop("weight_decay", 0.0))
+    trainer = Trainer(model, x, y, optimizer=opt, verbose=0, seed=1, **fit)
+    with blas.one_thread():  # the layer path's products on one thread too
+        history = trainer.run()
+    return trainer, history
+
+
+@needs_numba
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("batch_size, schedule, decay", [(32, "constant", 0.0), (7, "cosine", 0.1),
+                                                         (1, "constant", 0.0)])
+def test_threaded_run_matches_the_layer_by_layer_run(arch, dtype, batch_size, schedule,
+                                                            decay, monkeypatch):
+    build, shape = ARCHITECTURES[arch]
+    n = 20 if batch_size == 1 else 100  # 100 = 3 batches of 32 and one of 4
+    x, y = _data(n, shape, dtype)
+    fit = dict(epochs=2, batch_size=batch_size, lr_schedule=schedule, weight_decay=decay)
+    fast, h_fast = _train(build(), x, y, True, monkeypatch, **dict(fit))
+    slow, h_slow = _train(build(), x, y, False, monkeypatch, **dict(fit))
+    assert fast._threaded is not None and slow._threaded is None
+    assert h_fast["lr"] == h_slow["lr"]
+    np.testing.assert_allclose(h_fast["loss"], h_slow["loss"], rtol=1e-5)
+    # Accuracy counts argmax hits: a last-bit difference could flip a near-tie.
+    np.testing.assert_allclose(h_fast["accuracy"], h_slow["accuracy"], atol=1.5 / len(x))
+    for name, value in slow.model.state_dict().items():
+        np.testing.assert_allclose(fast.model.state_dict()[name], value, rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    for store in ("m", "v"):
+        for name, value in getattr(slow.optimizer, store).items():
+            np.testing.assert_allclose(getattr(fast.optimizer, store)[name], value, rtol=1e-3,
+                                       atol=1e-4 * np.abs(value).max(), err_msg=f"{store} {name}")
+    assert fast.optimizer.step_count == slow.optimizer.step_count
+    # The Dense layers' own gradient arrays hold the last step's gradients, as after the layer path.
+    for d_fast, d_slow in zip(fast.model.layers, slow.model.layers):
+        for key, grad in getattr(d_slow, "grads", {}).items():
+            np.testing.assert_allclose(d_fast.grads[key], grad, rtol=1e-3,
+                                       atol=1e-4 * np.abs(grad).max())
+
+
+def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, (300, widths[0])).astype(np.uint8)
+    y = rng.integers(0, widths[-1], 300).astype(np.intp)
+    idx = rng.permutation(300)[:n].astype(np.intp)
+    pairs = list(zip(widths, widths[1:]))
+    weights = tuple((rng.standard_normal(s) * 0.2).astype(np.float32) for s in pairs)
+    biases = tuple((rng.standard_normal(s[1]) * 0.1).astype(np.float32) for s in pairs)
+    moments = [tuple(np.abs(rng.standard_normal(w.shape)).astype(np.float32) * 1e-3 for w in ws)
+               for ws in (weights, weights, biases, biases)]
+    acts = tuple(np.full((n, w), np.nan, np.float32) for w in widths)
+    deltas = tuple(np.full((n, w), np.nan, np.float32) for w in widths[1:])
+    grads = (tuple(np.full_like(w, np.nan) for w in weights),
+             tuple(np.full_like(b, np.nan) for b in biases))
+    layers = len(pairs)
+    keys = rng.integers(0, 2**63, layers, dtype=np.uint64)
+    thresholds = np.array([round(p * 2**24)] * (layers - 1) + [0], np.uint64)
+    scales = np.array([1 / (1 - p)] * (layers - 1) + [1], np.float32)
+    t, b1, b2, lr = 3, 0.9, 0.999, 1e-2
+    coef = np.array([b1, 1 - b1, b2, 1 - b2, 1e-8, 1 - lr * 0.01, lr / (1 - b1**t),
+                     1 / np.sqrt(1 - b2**t), np.finfo(np.float32).tiny], np.float32)
+    return [src, idx, np.float32(1 / 255), y, weights, biases, acts, deltas, *grads, *moments,
+            keys, thresholds, scales, coef, np.zeros(2 * n)]
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_numba_train_step_matches_its_numpy_twin(threads):
+    fused_args, twin_args = _step_inputs(), _step_inputs()
+    with blas.one_thread():
+        loss, correct = kernels.train_step(blas.SGEMM, threads, *fused_args)
+        twin_loss, twin_correct = reference.train_step(0, 1, *twin_args)
+    assert correct == twin_correct and loss == pytest.approx(twin_loss, rel=1e-6)
+    # The forward pass (gather, products, bias, ReLU, dropout) is the same arithmetic: exact.
+    for a, b in zip(fused_args[6], twin_args[6]):
+        assert np.array_equal(a, b)
+    # From the loss on, exp and log differ in the last bit between NumPy and LLVM.
+    # weights, biases, deltas, gradients, moments:
+    for position in (4, 5, 7, 8, 9, 10, 11, 12, 13):
+        for a, b in zip(fused_args[position], twin_args[position]):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
+@needs_numba
+def test_the_reference_model_takes_the_threaded_step_here():
+    # On this project's machines (NumPy's OpenBLAS wheel, two cores, OpenMP in
+    # Numba) the usual MLP must take the fast path; this fails rather than skips
+    # when one of them goes missing.
+    assert blas.available(), "NumPy's OpenBLAS (cblas_sgemm with 64-bit integers) was not found"
+    assert numba.get_num_threads() >= 2
+    x, y = _data(64, (144,), np.uint8)
+    model = Sequential(Dense(144, 32), ReLU(), Dropout(0.2), Dense(32, 10), seed=0)
+    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
+    trainer.run()
+    assert trainer._threaded is not None
+    assert numba.threading_layer() in ("omp", "tbb")
+
+
+def _subclassed_dense():
+    class MyDense(Dense):
+        pass
+    return [Dense(144, 16), ReLU(), MyDense(16, 10)]
+
+
+FALLBACKS = {
+    "augmentation": dict(augment=RandomShiftFlip(1, 0.5)),
+    "fuse=False": dict(fuse=False),
+    "float64 model": dict(dtype="float64"),
+    "switched off": dict(env="0"),
+    "frozen first layer": dict(frozen=True),
+    "Dense subclass": dict(layers=_subclassed_dense),
+    "one Numba thread": dict(threads=1),
+}
+
+
+@needs_numba
+@pytest.mark.parametrize("case", FALLBACKS)
+def test_runs_the_threaded_step_cannot_do_take_the_layer_path(case, monkeypatch):
+    spec = FALLBACKS[case]
+    monkeypatch.setenv("NNSCRATCH_THREADED_STEP", spec.get("env", "1"))
+    x, y = _data(48, (12, 12), np.uint8)
+    layers = spec["layers"]() if "layers" in spec else [Flatten(), Dense(144, 16), ReLU(),
+                                                        Dropout(0.2), Dense(16, 10)]
+    if "layers" in spec:
+        x = x.reshape(len(x), -1)
+    model = Sequential(*layers, seed=0, dtype=spec.get("dtype", "float32"),
+                       fuse=spec.get("fuse", True))
+    params = model.parameters()
+    opt = Adam(params[2:] if spec.get("frozen") else params)
+    frozen = params[0].value.copy()
+    trainer = Trainer(model, x, y, optimizer=opt, epochs=1, batch_size=16, verbose=0,
+                      augment=spec.get("augment"))
+    threads = numba.get_num_threads()
+    numba.set_num_threads(spec.get("threads", threads))
+    try:
+        history = trainer.run()
+    finally:
+        numba.set_num_threads(threads)
+    assert trainer._threaded is None
+    assert np.isfinite(history["loss"]).all()
+    if spec.get("frozen"):
+        assert np.array_equal(params[0].value, frozen)
+
+
+@needs_numba
+def test_blas_keeps_its_thread_count_outside_the_steps(monkeypatch):
+    before = blas._get_threads()
+    assert before >= 2, "NumPy's OpenBLAS should run two threads on this machine"
+    x, y = _data(64, (144,), np.uint8)
+    model = Sequential(Dense(144, 32), ReLU(), Dense(32, 10), seed=0)
+    seen_in_steps, seen_at_epoch_end = set(), []
+    real_step = kernels.train_step
+
+    def spy(*args):
+        seen_in_steps.add(blas._get_threads())
+        return real_step(*args)
+
+    monkeypatch.setattr(kernels, "train_step", spy)
+    trainer = Trainer(model, x, y, epochs=2, batch_size=32, verbose=0,
+                      validation_data=(x[:10], y[:10]),
+                      on_epoch_end=lambda t: seen_at_epoch_end.append(blas._get_threads()))
+    trainer.run()
+    assert seen_in_steps == {1} and seen_at_epoch_end == [before, before]
+    assert blas._get_threads() == before
+
+    # A run that fails in the middle of an epoch puts the count back too.
+    def diverge(*args):
+        real_step(*args)
+        return float("nan"), 0
+
+    monkeypatch.setattr(kernels, "train_step", diverge)
+    with pytest.raises(TrainingDiverged):
+        Trainer(model, x, y, epochs=1, batch_size=32, verbose=0).run()
+    assert blas._get_threads() == before
