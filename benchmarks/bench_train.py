@@ -69,7 +69,11 @@ def nnscratch_fit(x, y, hidden=peers.MODELS["small"], epochs=1, batch_size=128, 
     model = trainer.model
     history = trainer.run()
     infer_cold_s, infer_s = peers._time_cold_then_warm(lambda: model.predict(x_test))
-    return peers._result(f"nnscratch[{kernels.BACKEND}]", epoch_times=history["epoch_time"],
+    # "numba" takes the threaded step; "numba-layers" is the layer-by-layer step
+    # (NNSCRATCH_THREADED_STEP=0), the path every run took before it.
+    name = kernels.BACKEND + ("-layers" if kernels.BACKEND == "numba" and trainer._threaded is None
+                              else "")
+    return peers._result(f"nnscratch[{name}]", epoch_times=history["epoch_time"],
                          first_batch_s=trainer.first_step_done - started,
                          infer_s=infer_s, infer_cold_s=infer_cold_s, final_loss=history["loss"][-1])
 
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in models:
         plan = [("gemm_floor", None), ("nnscratch", None), ("paired", None),
+                ("nnscratch", dict(os.environ, NNSCRATCH_THREADED_STEP="0")),
                 ("nnscratch", dict(os.environ, NNSCRATCH_BACKEND="numpy"))]
         plan += [(name, None) for name in others]
         # The slowest ones run on the reference model only.
@@ -224,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(model_rounds):
             for i in list(range(r % len(plan), len(plan))) + list(range(r % len(plan))):
                 name, env = plan[i]
-                print(f"round {r + 1}/{model_rounds}: {name}{' (numpy twins)' if env else ''} "
+                variant = "" if env is None else (" (numpy twins)" if "NNSCRATCH_BACKEND" in env
+                                                  else " (layer-by-layer step)")
+                print(f"round {r + 1}/{model_rounds}: {name}{variant} "
                       f"on the {model} model...", flush=True)
                 runs[i].append(run_isolated(name, model, epochs, env))
         results += [merge_rounds(runs[i]) for i in range(len(plan))]

@@ -65,6 +65,7 @@ class ThreadedStep:
         self.thresholds = np.zeros(len(dense), np.uint64)
         self.scales = np.ones(len(dense), np.float32)
         self._buffers: dict = {}
+        self._last_n, self._last = -1, ()
 
     @classmethod
     def for_run(cls, model, optimizer: Adam, x: np.ndarray, augment) -> ThreadedStep | None:
@@ -101,14 +102,19 @@ class ThreadedStep:
         """Take over ``other``'s per-batch-size buffers (a run continued by another
         ``run()`` call allocates nothing new)."""
         self._buffers = other._buffers
+        self._last_n, self._last = -1, ()
 
     def _buffers_for(self, n: int) -> tuple:
-        def buf(name: str, cols: int, dtype=np.float32) -> np.ndarray:
-            return reuse_buffer(self._buffers, name, (n, cols), dtype)
-        widths = [self.dense[0].in_features] + [d.out_features for d in self.dense]
-        acts = tuple(buf(f"a{i}", w) for i, w in enumerate(widths))
-        deltas = tuple(buf(f"d{i}", w) for i, w in enumerate(widths[1:]))
-        return acts, deltas, buf("loss", 2, np.float64).reshape(-1)
+        """(activations, deltas, per-row losses) for batches of n rows, made on first use."""
+        if n != self._last_n:
+            def buf(name: str, cols: int, dtype=np.float32) -> np.ndarray:
+                return reuse_buffer(self._buffers, name, (n, cols), dtype)
+            widths = [self.dense[0].in_features] + [d.out_features for d in self.dense]
+            acts = tuple(buf(f"a{i}", w) for i, w in enumerate(widths))
+            deltas = tuple(buf(f"d{i}", w) for i, w in enumerate(widths[1:]))
+            self._last = (acts, deltas, buf("loss", 2, np.float64).reshape(-1))
+            self._last_n = n
+        return self._last
 
     def step(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float) -> tuple[float, int]:
         """One training step on rows ``idx`` of (x, y) with learning rate ``lr``:

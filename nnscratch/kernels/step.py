@@ -90,6 +90,94 @@ def _gather_rows(src, idx, scale, out, r0, r1):
             out[i, j] = src[r, j] * scale
 
 
+@njit(cache=True, error_model="numpy")
+def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys, thresholds,
+               scales, row_loss, inv_n):
+    """Pass 1 for batch rows r0:r1: gather, forward, loss, and dz of every layer."""
+    n, rows, layers = idx.shape[0], r1 - r0, len(weights)
+    zero = inv_n - inv_n
+    _gather_rows(src, idx, scale, acts[0], r0, r1)
+    for layer in range(layers):
+        a, z, w, b = acts[layer], acts[layer + 1], weights[layer], biases[layer]
+        k_in, k_out = w.shape
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, rows, k_out, k_in, _address(a, r0, 0), k_in,
+               _address(w, 0, 0), k_out, _address(z, r0, 0), k_out)
+        if layer == layers - 1:  # the logits
+            for i in range(r0, r1):
+                for j in range(k_out):
+                    z[i, j] = z[i, j] + b[j]
+        elif thresholds[layer] == 0 and scales[layer] == 1:  # no dropout
+            for i in range(r0, r1):
+                for j in range(k_out):
+                    v = z[i, j] + b[j]
+                    z[i, j] = v if not (v <= 0) else zero
+        else:
+            key, threshold, s = keys[layer], thresholds[layer], scales[layer]
+            for i in range(r0, r1):
+                for j in range(k_out):
+                    m = _keep_scale(key, i * k_out + j, threshold, s)  # the blocks' mask
+                    v = z[i, j] + b[j]
+                    z[i, j] = (v if not (v <= 0) else zero) * m
+    logits, dlogits = acts[layers], deltas[layers - 1]
+    for i in range(r0, r1):
+        label = y[idx[i]]
+        row_loss[i] = _softmax_cross_entropy_row(logits, label, dlogits, i, inv_n)
+        row_loss[n + i] = 1.0 if _argmax_row(logits, i) == label else 0.0
+    for layer in range(layers - 1, 0, -1):
+        dz, da, w, a = deltas[layer], deltas[layer - 1], weights[layer], acts[layer]
+        k_in, k_out = w.shape
+        _sgemm(sgemm, _NO_TRANS, _TRANS, rows, k_in, k_out, _address(dz, r0, 0), k_out,
+               _address(w, 0, 0), k_out, _address(da, r0, 0), k_in)
+        s = scales[layer - 1]
+        for i in range(r0, r1):
+            for j in range(k_in):
+                da[i, j] = da[i, j] * s if a[i, j] > 0 else zero
+
+
+@njit(cache=True, error_model="numpy")
+def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv, bm, bv,
+                  coef):
+    """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases."""
+    beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush = (
+        coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7], coef[8])
+    zero = flush - flush
+    n = acts[0].shape[0]
+    for layer in range(len(weights)):
+        a, dz, w, b = acts[layer], deltas[layer], weights[layer], biases[layer]
+        gw, gb, mw, vw, mb, vb = (wgrads[layer], bgrads[layer], wm[layer], wv[layer],
+                                  bm[layer], bv[layer])
+        k_in, k_out = w.shape
+        # Rows i0:i1 of W: one contiguous block of W, its gradient and moments,
+        # which Adam then streams through while the gradient block is in cache.
+        i0 = t * k_in // threads
+        i1 = (t + 1) * k_in // threads
+        if i1 > i0:
+            _sgemm(sgemm, _TRANS, _NO_TRANS, i1 - i0, k_out, n, _address(a, 0, i0), k_in,
+                   _address(dz, 0, 0), k_out, _address(gw, i0, 0), k_out)
+            e0, e1 = i0 * k_out, i1 * k_out
+            # 1-D slices starting at 0: Numba then vectorises the loop.
+            wf, gf = w.reshape(-1)[e0:e1], gw.reshape(-1)[e0:e1]
+            mf, vf = mw.reshape(-1)[e0:e1], vw.reshape(-1)[e0:e1]
+            for e in range(e1 - e0):
+                wf[e], mf[e], vf[e] = _adam_element(
+                    wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
+                    inv_sqrt_bc2, flush, zero)
+        # The bias: columns j0:j1, summed over the batch row by row, as the
+        # one-thread path sums them.
+        j0 = t * k_out // threads
+        j1 = (t + 1) * k_out // threads
+        if j1 > j0:
+            for j in range(j0, j1):
+                gb[j] = zero
+            for i in range(n):
+                for j in range(j0, j1):
+                    gb[j] += dz[i, j]
+            for j in range(j0, j1):
+                b[j], mb[j], vb[j] = _adam_element(
+                    b[j], gb[j], mb[j], vb[j], beta1, c1, beta2, c2, eps, decay, step_size,
+                    inv_sqrt_bc2, flush, zero)
+
+
 @njit(cache=True, error_model="numpy", parallel=True)
 def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
                wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss):
@@ -99,91 +187,21 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     per-batch-size buffers (N rows); per layer l: ``weights[l]`` (in, out),
     ``keys/thresholds/scales[l]`` its dropout (threshold 0 and scale 1: none),
     ``wgrads``/``bgrads`` the Dense layer's own gradient arrays, ``wm``... Adam's
-    moments. ``coef`` is ``Adam``'s coefficient array for this step.
+    moments. ``coef`` is ``Adam``'s coefficient array for this step. The parallel
+    loops only hand out the shares: the passes are ordinary functions (which
+    keeps Numba's compile of this one short).
     """
     n = idx.shape[0]
-    layers = len(weights)
     inv_n = coef.dtype.type(1.0 / n)
-    zero = inv_n - inv_n
     for t in prange(threads):
         r0 = t * n // threads
         r1 = (t + 1) * n // threads
-        rows = r1 - r0
-        if rows > 0:
-            batch = acts[0]
-            _gather_rows(src, idx, scale, batch, r0, r1)
-            for layer in range(layers):
-                a, z, w, b = acts[layer], acts[layer + 1], weights[layer], biases[layer]
-                k_in, k_out = w.shape
-                _sgemm(sgemm, _NO_TRANS, _NO_TRANS, rows, k_out, k_in, _address(a, r0, 0), k_in,
-                       _address(w, 0, 0), k_out, _address(z, r0, 0), k_out)
-                if layer == layers - 1:
-                    for i in range(r0, r1):
-                        for j in range(k_out):
-                            z[i, j] = z[i, j] + b[j]
-                elif thresholds[layer] == 0:
-                    for i in range(r0, r1):
-                        for j in range(k_out):
-                            v = z[i, j] + b[j]
-                            z[i, j] = v if not (v <= 0) else zero
-                else:
-                    key, threshold, s = keys[layer], thresholds[layer], scales[layer]
-                    for i in range(r0, r1):
-                        for j in range(k_out):
-                            m = _keep_scale(key, i * k_out + j, threshold, s)
-                            v = z[i, j] + b[j]
-                            z[i, j] = (v if not (v <= 0) else zero) * m
-            logits, dlogits = acts[layers], deltas[layers - 1]
-            for i in range(r0, r1):
-                label = y[idx[i]]
-                row_loss[i] = _softmax_cross_entropy_row(logits, label, dlogits, i, inv_n)
-                row_loss[n + i] = 1.0 if _argmax_row(logits, i) == label else 0.0
-            for layer in range(layers - 1, 0, -1):
-                dz, da, w, a = deltas[layer], deltas[layer - 1], weights[layer], acts[layer]
-                k_in, k_out = w.shape
-                _sgemm(sgemm, _NO_TRANS, _TRANS, rows, k_in, k_out, _address(dz, r0, 0), k_out,
-                       _address(w, 0, 0), k_out, _address(da, r0, 0), k_in)
-                s = scales[layer - 1]
-                for i in range(r0, r1):
-                    for j in range(k_in):
-                        da[i, j] = da[i, j] * s if a[i, j] > 0 else zero
-    beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush = (
-        coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7], coef[8])
+        if r1 > r0:
+            _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys,
+                       thresholds, scales, row_loss, inv_n)
     for t in prange(threads):
-        for layer in range(layers):
-            a, dz, w, b = acts[layer], deltas[layer], weights[layer], biases[layer]
-            gw, gb, mw, vw, mb, vb = (wgrads[layer], bgrads[layer], wm[layer], wv[layer],
-                                      bm[layer], bv[layer])
-            k_in, k_out = w.shape
-            # Rows i0:i1 of W: one contiguous block of W, its gradient and moments,
-            # which Adam then streams through while the gradient block is in cache.
-            i0 = t * k_in // threads
-            i1 = (t + 1) * k_in // threads
-            if i1 > i0:
-                _sgemm(sgemm, _TRANS, _NO_TRANS, i1 - i0, k_out, n, _address(a, 0, i0), k_in,
-                       _address(dz, 0, 0), k_out, _address(gw, i0, 0), k_out)
-                e0, e1 = i0 * k_out, i1 * k_out
-                # 1-D slices starting at 0: Numba then vectorises the loop.
-                wf, gf = w.reshape(-1)[e0:e1], gw.reshape(-1)[e0:e1]
-                mf, vf = mw.reshape(-1)[e0:e1], vw.reshape(-1)[e0:e1]
-                for e in range(e1 - e0):
-                    wf[e], mf[e], vf[e] = _adam_element(
-                        wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
-                        inv_sqrt_bc2, flush, zero)
-            # The bias: columns j0:j1, summed over the batch row by row, as the
-            # one-thread path sums them.
-            j0 = t * k_out // threads
-            j1 = (t + 1) * k_out // threads
-            if j1 > j0:
-                for j in range(j0, j1):
-                    gb[j] = zero
-                for i in range(n):
-                    for j in range(j0, j1):
-                        gb[j] += dz[i, j]
-                for j in range(j0, j1):
-                    b[j], mb[j], vb[j] = _adam_element(
-                        b[j], gb[j], mb[j], vb[j], beta1, c1, beta2, c2, eps, decay, step_size,
-                        inv_sqrt_bc2, flush, zero)
+        _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv,
+                      bm, bv, coef)
     # Summed in row order, in float64, as the loss kernel sums them.
     total = 0.0
     correct = 0
