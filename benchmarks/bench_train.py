@@ -12,7 +12,9 @@ every round:
 
 * the GEMM floor: only the matrix multiplies of each training step, for exactly
   the reference shapes, into preallocated outputs (``peers.gemm_floor``);
-* nnscratch ``fit`` (Numba kernels) and the NumPy-twin backend;
+* nnscratch ``fit`` (Numba kernels: the threaded step where the run qualifies,
+  as the reference model does), the same with the layer-by-layer step
+  (``NNSCRATCH_THREADED_STEP=0``, reference model only) and the NumPy-twin backend;
 * a carefully written pure-NumPy peer and, when importable, PyTorch eager,
   scikit-learn and JAX doing the same work (``peers.py``);
 

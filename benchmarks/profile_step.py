@@ -3,6 +3,10 @@
     python benchmarks/profile_step.py             # the reference model
     python benchmarks/profile_step.py 1024 1024   # other hidden widths
 
+This profiles the layer-by-layer step (the path with ``NNSCRATCH_THREADED_STEP=0``);
+the threaded step runs as one kernel, so ``benchmarks/threaded_step.py`` measures
+it against its own products instead.
+
 Runs the reference model (784-256-128-10, ReLU, Dropout 0.2, batch 128) on
 the real training images and times each part of the step separately over one
 epoch, after a warm-up epoch: the batch gather, each stage's forward and

@@ -211,6 +211,9 @@ def test_blas_keeps_its_thread_count_outside_the_steps(monkeypatch):
     trainer.run()
     assert seen_in_steps == {1} and seen_at_epoch_end == [before, before]
     assert blas._get_threads() == before
+    # one_thread stops OpenBLAS's workers; the next big product starts them again.
+    a = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+    np.testing.assert_allclose(a @ a, a.astype(np.float64) @ a, rtol=1e-4, atol=1e-3)
 
     # A run that fails in the middle of an epoch puts the count back too.
     def diverge(*args):

@@ -1,0 +1,139 @@
+"""Where the threaded step's time goes, against the GEMM floor, in one process.
+
+    python benchmarks/threaded_step.py [CHUNKS]     # default 8 chunks of each kind
+
+Times, in chunks of 100 steps of the reference model (784-256-128-10, dropout
+0.2, batch 128) on the real training images, interleaved so that all four see
+the same phases of the machine:
+
+  floor     the 8 matrix products of a step (np.matmul into preallocated
+            outputs, OpenBLAS on its 2 threads): the harness's GEMM floor
+  split     the same 8 products, split between Numba's threads the way the
+            threaded step splits them (single-threaded sgemm calls; batch rows
+            in pass 1, rows of dW in pass 2), and nothing else
+  threaded  the whole threaded step (``Trainer._step``: the same products plus
+            gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, Python)
+  layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
+
+and prints each one's median microseconds per step and its ratio to the floor
+in the same round. threaded - split is what the step adds to its products.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+import nnscratch as nn
+from nnscratch import blas
+from nnscratch.datasets import load_fashion_mnist
+from nnscratch.kernels.step import _NO_TRANS, _TRANS, _address, _sgemm
+from nnscratch.threaded import ThreadedStep
+
+BATCH = 128
+
+
+@njit(parallel=True, cache=True)
+def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2, g3):
+    """The step's 8 products, shared out as ``kernels/step.py`` shares them."""
+    n = x.shape[0]
+    for t in prange(threads):
+        r0, r1 = t * n // threads, (t + 1) * n // threads
+        m = r1 - r0
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, m, 256, 784, _address(x, r0, 0), 784,
+               _address(w1, 0, 0), 256, _address(h1, r0, 0), 256)
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, m, 128, 256, _address(h1, r0, 0), 256,
+               _address(w2, 0, 0), 128, _address(h2, r0, 0), 128)
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, m, 10, 128, _address(h2, r0, 0), 128,
+               _address(w3, 0, 0), 10, _address(logits, r0, 0), 10)
+        _sgemm(sgemm, _NO_TRANS, _TRANS, m, 128, 10, _address(logits, r0, 0), 10,
+               _address(w3, 0, 0), 10, _address(d2, r0, 0), 128)
+        _sgemm(sgemm, _NO_TRANS, _TRANS, m, 256, 128, _address(d2, r0, 0), 128,
+               _address(w2, 0, 0), 128, _address(d1, r0, 0), 256)
+    for t in prange(threads):
+        for a, dz, g, k_in, k_out in ((x, d1, g1, 784, 256), (h1, d2, g2, 256, 128),
+                                      (h2, logits, g3, 128, 10)):
+            i0, i1 = t * k_in // threads, (t + 1) * k_in // threads
+            _sgemm(sgemm, _TRANS, _NO_TRANS, i1 - i0, k_out, n, _address(a, 0, i0), k_in,
+                   _address(dz, 0, 0), k_out, _address(g, i0, 0), k_out)
+
+
+def main() -> None:
+    chunks = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    if not blas.available():
+        sys.exit("NumPy's OpenBLAS (cblas_sgemm with 64-bit integers) not found")
+    (x, y), _ = load_fashion_mnist()
+    model = nn.Sequential(nn.Flatten(), nn.Dense(784, 256), nn.ReLU(), nn.Dropout(0.2),
+                          nn.Dense(256, 128), nn.ReLU(), nn.Dropout(0.2), nn.Dense(128, 10), seed=0)
+    trainer = nn.Trainer(model, x, y, batch_size=BATCH, verbose=0)
+    plan = ThreadedStep.for_run(model, trainer.optimizer, trainer.x, None)
+    if plan is None:
+        sys.exit("this machine cannot run the threaded step (see nnscratch/threaded.py)")
+    images = (x.reshape(len(x), -1)[:20000] / np.float32(255)).astype(np.float32)
+    weights = [d.params["weight"].copy() for d in plan.dense]
+    shapes = [(BATCH, 256), (BATCH, 128), (BATCH, 10), (BATCH, 128), (BATCH, 256),
+              (784, 256), (256, 128), (128, 10)]
+    outs = [np.zeros(s, np.float32) for s in shapes]
+    perm = np.random.default_rng(0).permutation(len(x))
+    threads = numba.get_num_threads()
+
+    def batch(k: int) -> np.ndarray:
+        start = (k * BATCH) % (len(images) - BATCH)
+        return images[start:start + BATCH]
+
+    def floor(k: int) -> None:
+        h1, h2, logits, d2, d1, g1, g2, g3 = outs
+        xb = batch(k)
+        np.matmul(xb, weights[0], out=h1)
+        np.matmul(h1, weights[1], out=h2)
+        np.matmul(h2, weights[2], out=logits)
+        np.matmul(h2.T, logits, out=g3)
+        np.matmul(logits, weights[2].T, out=d2)
+        np.matmul(h1.T, d2, out=g2)
+        np.matmul(d2, weights[1].T, out=d1)
+        np.matmul(xb.T, d1, out=g1)
+
+    def split(k: int) -> None:
+        split_products(blas.SGEMM, threads, batch(k), *weights, *outs)
+
+    def step(k: int) -> None:
+        trainer._step(perm[(k % (len(x) // BATCH)) * BATCH:][:BATCH])
+
+    def chunk(kind: str, k0: int) -> float:
+        threaded = kind in ("split", "threaded")
+        trainer._threaded = plan if kind == "threaded" else None
+        run = {"floor": floor, "split": split, "threaded": step, "layers": step}[kind]
+        started = time.perf_counter()
+        if threaded:
+            with blas.one_thread():
+                for k in range(k0, k0 + 100):
+                    run(k)
+        else:
+            for k in range(k0, k0 + 100):
+                run(k)
+        return (time.perf_counter() - started) / 100 * 1e6
+
+    kinds = ("floor", "split", "threaded", "layers")
+    for kind in kinds:  # warm-up: compile, fill caches
+        chunk(kind, 0)
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for c in range(chunks):
+        order = kinds if c % 2 == 0 else kinds[::-1]
+        for kind in order:
+            times[kind].append(chunk(kind, 100 * (c + 1)))
+    print(f"{numba.threading_layer()} threads: {threads}; {chunks} chunks of 100 steps each, "
+          "interleaved; us per step")
+    for kind in kinds:
+        ratios = [a / b for a, b in zip(times[kind], times["floor"])]
+        print(f"{kind:<9} median {statistics.median(times[kind]):6.0f}  x floor "
+              f"{statistics.median(ratios):.2f} (chunks {min(ratios):.2f}-{max(ratios):.2f})  "
+              + " ".join(f"{t:.0f}" for t in times[kind]))
+
+
+if __name__ == "__main__":
+    main()
