@@ -62,6 +62,11 @@ def available() -> bool:
     return SGEMM != 0
 
 
+def thread_count() -> int:
+    """How many threads OpenBLAS may use now (0 when it was not found)."""
+    return _get_threads() if _get_threads is not None else 0
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """OpenBLAS runs every product on the calling thread inside this block

@@ -4,8 +4,10 @@ which splits it between the threads of Numba's pool (see ``kernels/step.py``).
 
 It qualifies for the usual MLP: [Flatten ->] Dense -> ReLU [-> Dropout] blocks,
 a last Dense, float32, fused (the default), softmax cross-entropy, Adam over
-every parameter, no augmentation, the Numba backend, at least two threads, and
-NumPy's own OpenBLAS (``blas.py``). Anything else runs the layer-by-layer step.
+every parameter, no augmentation, the Numba backend, and NumPy's own OpenBLAS
+(``blas.py``), with at least two threads allowed to both Numba and OpenBLAS. It
+uses as many threads as both allow, so ``OPENBLAS_NUM_THREADS=1`` (several runs
+side by side) keeps a run on one core. Anything else runs the layer-by-layer step.
 The two compute the same formulas and agree to float32 rounding (OpenBLAS may
 round a half product differently from the whole; tests hold them close).
 ``NNSCRATCH_THREADED_STEP=0`` turns it off (e.g. to compare the two).
@@ -47,8 +49,9 @@ def _pool_wakes_fast() -> bool:
 class ThreadedStep:
     """The arrays ``kernels.train_step`` works on, gathered once per run."""
 
-    def __init__(self, model, optimizer: Adam, dense: list[Dense], dropouts: list) -> None:
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model, optimizer: Adam, dense: list[Dense], dropouts: list,
+                 threads: int) -> None:
+        self.model, self.optimizer, self.threads = model, optimizer, threads
         self.dense, self.dropouts = dense, dropouts
         by_id = {id(p.value): p.name for p in optimizer.params}
 
@@ -70,8 +73,9 @@ class ThreadedStep:
     @classmethod
     def for_run(cls, model, optimizer: Adam, x: np.ndarray, augment) -> ThreadedStep | None:
         """The plan for this run, or None when it must take the layer-by-layer step."""
+        threads = min(numba.get_num_threads(), blas.thread_count())
         if not (_enabled_by_environment() and kernels.BACKEND == "numba" and blas.available()
-                and numba.get_num_threads() >= 2 and augment is None and model.fuse
+                and threads >= 2 and augment is None and model.fuse
                 and model.dtype == np.float32 and x.dtype in (np.uint8, np.float32)
                 and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam
                 and _pool_wakes_fast()):
@@ -96,7 +100,7 @@ class ThreadedStep:
             return None
         if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays + grads):
             return None
-        return cls(model, optimizer, dense, [b.dropout for b in blocks])
+        return cls(model, optimizer, dense, [b.dropout for b in blocks], threads)
 
     def reuse_buffers(self, other: ThreadedStep) -> None:
         """Take over ``other``'s per-batch-size buffers (a run continued by another
@@ -135,7 +139,7 @@ class ThreadedStep:
         src = x.reshape(len(x), -1)
         scale = np.float32(1 / 255 if x.dtype == np.uint8 else 1)
         loss, correct = kernels.train_step(
-            blas.SGEMM, numba.get_num_threads(), src, idx, scale, y, self.weights, self.biases,
+            blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
             acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
             self.keys, self.thresholds, self.scales, coef, row_loss)
         return float(loss), int(correct)

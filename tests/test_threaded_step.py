@@ -49,9 +49,10 @@ def _train(layers, x, y, threaded, monkeypatch, **fit):
     model = Sequential(*layers, seed=0)
     opt = Adam(model.parameters(), lr=3e-3, weight_decay=fit.pop("weight_decay", 0.0))
     trainer = Trainer(model, x, y, optimizer=opt, verbose=0, seed=1, **fit)
-    with blas.one_thread():  # the layer path's products on one thread too
-        history = trainer.run()
-    return trainer, history
+    if threaded:
+        return trainer, trainer.run()
+    with blas.one_thread():  # the layer path's products on one thread, as the threaded step's
+        return trainer, trainer.run()
 
 
 @needs_numba
@@ -159,6 +160,7 @@ FALLBACKS = {
     "frozen first layer": dict(frozen=True),
     "Dense subclass": dict(layers=_subclassed_dense),
     "one Numba thread": dict(threads=1),
+    "one OpenBLAS thread": dict(blas_threads=1),
 }
 
 
@@ -179,12 +181,14 @@ def test_runs_the_threaded_step_cannot_do_take_the_layer_path(case, monkeypatch)
     frozen = params[0].value.copy()
     trainer = Trainer(model, x, y, optimizer=opt, epochs=1, batch_size=16, verbose=0,
                       augment=spec.get("augment"))
-    threads = numba.get_num_threads()
+    threads, blas_threads = numba.get_num_threads(), blas.thread_count()
     numba.set_num_threads(spec.get("threads", threads))
+    blas._set_threads(spec.get("blas_threads", blas_threads))
     try:
         history = trainer.run()
     finally:
         numba.set_num_threads(threads)
+        blas._set_threads(blas_threads)
     assert trainer._threaded is None
     assert np.isfinite(history["loss"]).all()
     if spec.get("frozen"):
