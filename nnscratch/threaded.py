@@ -31,6 +31,25 @@ def _enabled_by_environment() -> bool:
     return os.environ.get("NNSCRATCH_THREADED_STEP", "1").strip() not in ("0", "false", "no", "off")
 
 
+# GNU OpenMP cannot follow a fork: a forked child that starts a parallel loop after
+# its parent used Numba's OpenMP pool is terminated ("fork() called from a process
+# already using GNU OpenMP, this is unsafe"). So a child forked from a process whose
+# pool was started (by this step or any other Numba parallel code) trains on the
+# layer-by-layer step instead, which never wakes the pool.
+_forked_after_pool = False
+
+
+def _note_fork() -> None:
+    global _forked_after_pool
+    parallel = getattr(numba.np.ufunc, "parallel", None)
+    if getattr(parallel, "_is_initialized", True):  # unknown Numba internals: assume started
+        _forked_after_pool = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
 @numba.njit(parallel=True, cache=True)
 def _touch_threads(out):
     for t in numba.prange(out.size):
@@ -75,7 +94,7 @@ class ThreadedStep:
         """The plan for this run, or None when it must take the layer-by-layer step."""
         threads = min(numba.get_num_threads(), blas.thread_count())
         if not (_enabled_by_environment() and kernels.BACKEND == "numba" and blas.available()
-                and threads >= 2 and augment is None and model.fuse
+                and not _forked_after_pool and threads >= 2 and augment is None and model.fuse
                 and model.dtype == np.float32 and x.dtype in (np.uint8, np.float32)
                 and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam
                 and _pool_wakes_fast()):

@@ -11,6 +11,9 @@ the forward pass of one step, where nothing else differs, exactly.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -228,3 +231,37 @@ def test_blas_keeps_its_thread_count_outside_the_steps(monkeypatch):
     with pytest.raises(TrainingDiverged):
         Trainer(model, x, y, epochs=1, batch_size=32, verbose=0).run()
     assert blas._get_threads() == before
+
+
+FORK_SCRIPT = """
+import multiprocessing as mp, numpy as np
+import nnscratch as nn
+
+def train(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (256, 64), dtype=np.uint8)
+    y = rng.integers(0, 4, 256)
+    model = nn.Sequential(nn.Dense(64, 16), nn.ReLU(), nn.Dense(16, 4), seed=0)
+    trainer = nn.Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
+    history = trainer.run()
+    return trainer._threaded is not None, bool(np.isfinite(history["loss"][0]))
+
+if __name__ == "__main__":
+    print("parent", train(0))
+    with mp.get_context("fork").Pool(2) as pool:
+        print("children", pool.map(train, [1, 2]))
+"""
+
+
+@needs_numba
+def test_a_child_forked_after_threaded_training_trains_on_the_layer_path(tmp_path):
+    # GNU OpenMP terminates a forked child that starts a parallel loop after its
+    # parent used the pool; the child must fall back instead (and not hang its pool).
+    script = tmp_path / "fork_after_training.py"
+    script.write_text(FORK_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "unsafe" not in proc.stderr
+    assert proc.stdout.splitlines() == ["parent (True, True)",
+                                        "children [(False, True), (False, True)]"]
