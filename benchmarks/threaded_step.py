@@ -32,7 +32,7 @@ from numba import njit, prange
 import nnscratch as nn
 from nnscratch import blas
 from nnscratch.datasets import load_fashion_mnist
-from nnscratch.kernels.step import _NO_TRANS, _TRANS, _address, _sgemm
+from nnscratch.kernels.fused import _NO_TRANS, _TRANS, _address, _sgemm
 from nnscratch.threaded import ThreadedStep
 
 BATCH = 128
@@ -40,7 +40,7 @@ BATCH = 128
 
 @njit(parallel=True, cache=True)
 def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2, g3):
-    """The step's 8 products, shared out as ``kernels/step.py`` shares them."""
+    """The step's 8 products, shared out as ``kernels.fused.train_step`` shares them."""
     n = x.shape[0]
     for t in prange(threads):
         r0, r1 = t * n // threads, (t + 1) * n // threads

@@ -1,15 +1,15 @@
 """NumPy's own OpenBLAS, reached directly: ``sgemm`` and its thread count.
 
-The threaded training step (``kernels/step.py``) splits each matrix product
+The threaded training step (``kernels.fused.train_step``) splits each matrix product
 between the threads of Numba's pool, and each thread calls single-threaded
 ``sgemm`` on its share; OpenBLAS's own threads must then stay out of the way.
 So this module finds the library NumPy links (the wheels' ``scipy_openblas64_``,
 64-bit integers) and its ``cblas_sgemm`` and ``openblas_set_num_threads``. It
-loads nothing new: ``ctypes.CDLL`` of an already loaded file returns the same
-library, so the thread count set here is the one NumPy's products see.
+loads nothing new (``RTLD_NOLOAD``: only a library already in the process), so
+the thread count set here is the one NumPy's products see.
 
 Anything else (a NumPy built on MKL or Accelerate, a 32-bit-integer OpenBLAS)
-leaves ``SGEMM`` at 0 and training takes the one-thread path.
+leaves ``SGEMM`` at 0 and training takes the layer-by-layer step.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,8 +33,8 @@ def _find() -> None:
     global SGEMM, _set_threads, _get_threads, _stop_workers
     libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libs, "*openblas64_*.so*"))):
-        try:
-            lib = ctypes.CDLL(path)
+        try:  # only a library NumPy has loaded already (a stray copy would be a second one)
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
         except OSError:
             continue
         for prefix in ("scipy_", ""):
@@ -80,16 +81,19 @@ def one_thread() -> Iterator[None]:
     0.99 ms (measured; 0.94 ms with the workers stopped). So the workers are
     stopped here, with the function
     OpenBLAS's own fork handler uses; its next multi-threaded product starts
-    them again (~0.1 ms). Do not enter this block while another thread of the
-    process is inside a NumPy matrix product."""
+    them again (~0.1 ms). That is done only while the process runs no other
+    Python thread, since stopping a worker in the middle of another thread's
+    product would hang it. The thread count is the whole process's: another
+    thread's products run on one thread too while this block lasts."""
     if _get_threads is None or _set_threads is None:
         yield
         return
     before = _get_threads()
-    _set_threads(1)
-    if _stop_workers is not None:
-        _stop_workers()
     try:
+        _set_threads(1)
+        # Stopping them is safe only while no other thread may be inside a product.
+        if _stop_workers is not None and threading.active_count() == 1:
+            _stop_workers()
         yield
     finally:
         _set_threads(before)

@@ -1,6 +1,6 @@
 """The threaded training step: when a run qualifies, ``Trainer`` hands each
 whole step (gather, forward, loss, backward, Adam) to ``kernels.train_step``,
-which splits it between the threads of Numba's pool (see ``kernels/step.py``).
+which splits it between the threads of Numba's pool (see the last section of ``kernels/fused.py``).
 
 It qualifies for the usual MLP: [Flatten ->] Dense -> ReLU [-> Dropout] blocks,
 a last Dense, float32, fused (the default), softmax cross-entropy, Adam over
@@ -92,12 +92,14 @@ class ThreadedStep:
     @classmethod
     def for_run(cls, model, optimizer: Adam, x: np.ndarray, augment) -> ThreadedStep | None:
         """The plan for this run, or None when it must take the layer-by-layer step."""
-        threads = min(numba.get_num_threads(), blas.thread_count())
+        # The cheap checks first: the ones below start Numba's thread pool.
         if not (_enabled_by_environment() and kernels.BACKEND == "numba" and blas.available()
-                and not _forked_after_pool and threads >= 2 and augment is None and model.fuse
+                and not _forked_after_pool and augment is None and model.fuse
                 and model.dtype == np.float32 and x.dtype in (np.uint8, np.float32)
-                and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam
-                and _pool_wakes_fast()):
+                and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam):
+            return None
+        threads = min(numba.get_num_threads(), blas.thread_count())
+        if threads < 2 or not _pool_wakes_fast():
             return None
         stages = list(model._current_stages())
         while stages and type(stages[0]) is Flatten:
@@ -118,6 +120,13 @@ class ThreadedStep:
                 owned[id(a)].grad is not g for a, g in zip(arrays, grads)):
             return None
         if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays + grads):
+            return None
+        # The kernel trusts every shape (it computes addresses from them), so the
+        # chain must fit exactly, as the layer path would insist with an error.
+        widths = [int(np.prod(x.shape[1:]))] + [d.out_features for d in dense]
+        if any(d.in_features != widths[i] or d.params["weight"].shape != (widths[i], widths[i + 1])
+               or d.params["bias"].shape != (widths[i + 1],) for i, d in enumerate(dense)) \
+                or widths[-1] != model.num_classes:
             return None
         return cls(model, optimizer, dense, [b.dropout for b in blocks], threads)
 
@@ -150,6 +159,8 @@ class ThreadedStep:
                 self.scales[i] = 1.0 / (1.0 - dropout.p)
             else:
                 self.thresholds[i], self.scales[i] = 0, 1.0
+        if blas.thread_count() != 1:  # each thread calls BLAS: OpenBLAS's own pool must be off
+            raise RuntimeError("ThreadedStep.step runs inside blas.one_thread() only")
         opt = self.optimizer
         opt.lr = lr
         opt.step_count += 1

@@ -265,3 +265,98 @@ def test_a_child_forked_after_threaded_training_trains_on_the_layer_path(tmp_pat
     assert "unsafe" not in proc.stderr
     assert proc.stdout.splitlines() == ["parent (True, True)",
                                         "children [(False, True), (False, True)]"]
+
+
+@needs_numba
+def test_layers_changed_after_the_model_was_built_get_the_layer_paths_errors(monkeypatch):
+    # The kernel trusts shapes; a chain that does not fit must reach the layer
+    # path, which refuses it, instead of writing out of bounds.
+    x, y = _data(64, (144,), np.uint8)
+    model = Sequential(Dense(144, 32), ReLU(), Dense(32, 10), seed=0)
+    model.layers[-1] = Dense(32, 5)  # num_classes stays 10: labels up to 9 do not fit
+    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match="labels must lie in 0..4"):
+        trainer.run()
+    assert trainer._threaded is None
+    model = Sequential(Dense(144, 32), ReLU(), Dense(32, 10), seed=0)
+    model.layers[-1] = Dense(48, 10)
+    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match=r"Dense expects input of shape \(N, 48\)"):
+        trainer.run()
+    assert trainer._threaded is None
+
+
+@needs_numba
+@pytest.mark.parametrize("missing", ["openblas", "spinning pool"])
+def test_without_numpys_openblas_or_an_openmp_pool_training_takes_the_layer_path(missing,
+                                                                                 monkeypatch):
+    from nnscratch import threaded
+    if missing == "openblas":
+        monkeypatch.setattr(blas, "SGEMM", 0)
+    else:
+        monkeypatch.setattr(threaded, "_pool_wakes_fast", lambda: False)
+    x, y = _data(64, (144,), np.uint8)
+    trainer = Trainer(Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0), x, y,
+                      epochs=1, batch_size=32, verbose=0)
+    assert np.isfinite(trainer.run()["loss"]).all() and trainer._threaded is None
+
+
+@needs_numba
+def test_the_step_refuses_to_run_with_openblas_on_several_threads():
+    x, y = _data(64, (144,), np.uint8)
+    model = Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0)
+    trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
+    trainer.run()
+    with pytest.raises(RuntimeError, match="one_thread"):
+        trainer._threaded.step(trainer.x, trainer.y, np.arange(32), 1e-3)
+
+
+@needs_numba
+def test_threaded_runs_resume_bit_identically_and_keep_the_best_epoch(monkeypatch):
+    x, y = _data(120, (12, 12), np.uint8)
+    vx, vy = _data(40, (12, 12), np.uint8, seed=1)
+    x.flags.writeable = False  # e.g. a memory-mapped dataset
+
+    def trainer_for(epochs):
+        model = Sequential(*ARCHITECTURES["images, two dropout blocks"][0](), seed=0)
+        return Trainer(model, x, y, epochs=epochs, batch_size=32, verbose=0, seed=2,
+                       validation_data=(vx, vy), restore_best=True)
+
+    whole = trainer_for(3)
+    whole.run()
+    assert whole._threaded is not None
+    first = trainer_for(3)
+    first.epochs = 1  # stop after one epoch, as an interrupted run would
+    first.run()
+    first.epochs = 3
+    state = first.state_dict()
+    resumed = trainer_for(3)
+    resumed.load_state_dict(state)
+    resumed.run()
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert resumed.history[key] == whole.history[key], key
+    for name, value in whole.model.state_dict().items():
+        assert np.array_equal(resumed.model.state_dict()[name], value), name
+    # restore_best: the model holds the best validation epoch's weights.
+    best = whole.best
+    for name, value in best["weights"].items():
+        assert np.array_equal(whole.model.state_dict()[name], value), name
+
+
+def test_one_thread_stops_openblas_workers_only_when_no_other_thread_runs(monkeypatch):
+    import threading
+
+    calls = []
+    monkeypatch.setattr(blas, "_stop_workers", lambda: calls.append(1))
+    with blas.one_thread():
+        pass
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with blas.one_thread():
+            pass
+    finally:
+        release.set()
+        other.join()
+    assert calls == ([1] if blas.available() else [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -266,6 +266,203 @@ def shift_flip(images, dy, dx, flipped, shift, out):
                 else:
                     out[k, r, c] = 0
 
+# ---- the whole training step, on Numba's threads ---------------------------------
+#
+# One whole training step of an MLP in two parallel passes over Numba's threads.
+#
+# Read ``reference.train_step`` first: it computes the same step in plain NumPy
+# with the twin kernels. The network is Dense -> ReLU [-> Dropout] blocks and a
+# last Dense, trained with softmax cross-entropy and Adam. Each of the T threads
+# calls single-threaded BLAS on its share of every matrix product (OpenBLAS's own
+# threads are held at one meanwhile, ``blas.one_thread``) and does the
+# elementwise work on the same share while it is still in cache:
+#
+#     pass 1, rows r0:r1 of the batch (thread t of T; no thread waits for another)
+#         gather + scale the rows;  then for each layer  z = a @ W  (BLAS),
+#         a' = relu(z + b) * dropout mask (last layer: z + b);  loss, dL/dlogits and
+#         argmax of the rows;  then down the layers  da = dz @ W^T  (BLAS),
+#         dz_below = da * s where a > 0 else 0
+#     pass 2, rows i0:i1 of every layer's W (all rows of the batch are ready)
+#         dW[i0:i1] = a[:, i0:i1]^T @ dz  (BLAS),  then Adam on W[i0:i1] while
+#         dW[i0:i1] is in cache;  and for columns j0:j1, db = sum_n dz, Adam on b
+#
+# Every value is computed by the same formula, in the same order, as the
+# one-thread path (the fused blocks, the loss kernel, Adam); only BLAS may round
+# differently, since OpenBLAS picks its kernels by matrix size and here gets
+# halves of each product, so runs agree with the layer-by-layer ones to float32
+# rounding, not bit for bit (tests hold them close). For a given number of
+# threads a run is reproducible. Why the threads are our own and not
+# OpenBLAS's: OpenBLAS's idle worker keeps spinning on the second core after each
+# product, slowing the one-thread elementwise passes in between; here both cores
+# do both kinds of work, and Adam runs on both.
+#
+# It lives in this file, not a module of its own, because it inlines the
+# per-element functions above, and Numba's on-disk cache only notices changes
+# to the file that defines a function: an edit here must recompile the step too.
 
-# The whole training step lives in its own module (it builds on the kernels above).
-from .step import train_step as train_step  # noqa: E402
+_NO_TRANS, _TRANS = 111, 112  # CBLAS's enums; 101 is row-major
+
+
+@intrinsic
+def _address(typingctx, arr, row, col):
+    """The address of arr[row, col], as an integer."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, args[1:])
+        return builder.ptrtoint(ptr, ir.IntType(64))
+    return types.int64(arr, row, col), codegen
+
+
+@intrinsic
+def _sgemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """C = op(A) @ op(B), row-major float32, through the cblas_sgemm (64-bit integers)
+    at address ``fn``. The address comes in as an argument, never as a constant,
+    so the compiled code stays valid in the on-disk cache across processes."""
+    def codegen(context, builder, signature, args):
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, i8p, i64, i8p,
+                                               i64, f32, i8p, i64])
+        vals = [context.cast(builder, v, t, types.int64) for v, t in zip(args, signature.args)]
+        fp = builder.inttoptr(vals[0], fnty.as_pointer())
+        builder.call(fp, [ir.Constant(i32, 101), builder.trunc(vals[1], i32),
+                          builder.trunc(vals[2], i32), vals[3], vals[4], vals[5],
+                          ir.Constant(f32, 1.0), builder.inttoptr(vals[6], i8p), vals[7],
+                          builder.inttoptr(vals[8], i8p), vals[9], ir.Constant(f32, 0.0),
+                          builder.inttoptr(vals[10], i8p), vals[11]])
+        return context.get_dummy_value()
+    return types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc), codegen
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _gather_rows(src, idx, scale, out, r0, r1):
+    k = out.shape[1]
+    for i in range(r0, r1):
+        if i + _PREFETCH_ROWS < r1:
+            ahead = idx[i + _PREFETCH_ROWS]
+            for j in range(0, k, max(1, 64 // src.itemsize)):
+                _prefetch(src, ahead, j)
+        r = idx[i]
+        for j in range(k):
+            out[i, j] = src[r, j] * scale
+
+
+@njit(cache=True, error_model="numpy")
+def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys, thresholds,
+               scales, row_loss, inv_n):
+    """Pass 1 for batch rows r0:r1: gather, forward, loss, and dz of every layer."""
+    n, rows, layers = idx.shape[0], r1 - r0, len(weights)
+    zero = inv_n - inv_n
+    _gather_rows(src, idx, scale, acts[0], r0, r1)
+    for layer in range(layers):
+        a, z, w, b = acts[layer], acts[layer + 1], weights[layer], biases[layer]
+        k_in, k_out = w.shape
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, rows, k_out, k_in, _address(a, r0, 0), k_in,
+               _address(w, 0, 0), k_out, _address(z, r0, 0), k_out)
+        if layer == layers - 1:  # the logits
+            for i in range(r0, r1):
+                for j in range(k_out):
+                    z[i, j] = z[i, j] + b[j]
+        elif thresholds[layer] == 0 and scales[layer] == 1:  # no dropout
+            for i in range(r0, r1):
+                for j in range(k_out):
+                    v = z[i, j] + b[j]
+                    z[i, j] = v if not (v <= 0) else zero
+        else:
+            key, threshold, s = keys[layer], thresholds[layer], scales[layer]
+            for i in range(r0, r1):
+                for j in range(k_out):
+                    m = _keep_scale(key, i * k_out + j, threshold, s)  # the blocks' mask
+                    v = z[i, j] + b[j]
+                    z[i, j] = (v if not (v <= 0) else zero) * m
+    logits, dlogits = acts[layers], deltas[layers - 1]
+    for i in range(r0, r1):
+        label = y[idx[i]]
+        row_loss[i] = _softmax_cross_entropy_row(logits, label, dlogits, i, inv_n)
+        row_loss[n + i] = 1.0 if _argmax_row(logits, i) == label else 0.0
+    for layer in range(layers - 1, 0, -1):
+        dz, da, w, a = deltas[layer], deltas[layer - 1], weights[layer], acts[layer]
+        k_in, k_out = w.shape
+        _sgemm(sgemm, _NO_TRANS, _TRANS, rows, k_in, k_out, _address(dz, r0, 0), k_out,
+               _address(w, 0, 0), k_out, _address(da, r0, 0), k_in)
+        s = scales[layer - 1]
+        for i in range(r0, r1):
+            for j in range(k_in):
+                da[i, j] = da[i, j] * s if a[i, j] > 0 else zero
+
+
+@njit(cache=True, error_model="numpy")
+def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv, bm, bv,
+                  coef):
+    """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases."""
+    beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush = (
+        coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7], coef[8])
+    zero = flush - flush
+    n = acts[0].shape[0]
+    for layer in range(len(weights)):
+        a, dz, w, b = acts[layer], deltas[layer], weights[layer], biases[layer]
+        gw, gb, mw, vw, mb, vb = (wgrads[layer], bgrads[layer], wm[layer], wv[layer],
+                                  bm[layer], bv[layer])
+        k_in, k_out = w.shape
+        # Rows i0:i1 of W: one contiguous block of W, its gradient and moments,
+        # which Adam then streams through while the gradient block is in cache.
+        i0 = t * k_in // threads
+        i1 = (t + 1) * k_in // threads
+        if i1 > i0:
+            _sgemm(sgemm, _TRANS, _NO_TRANS, i1 - i0, k_out, n, _address(a, 0, i0), k_in,
+                   _address(dz, 0, 0), k_out, _address(gw, i0, 0), k_out)
+            e0, e1 = i0 * k_out, i1 * k_out
+            # 1-D slices starting at 0: Numba then vectorises the loop.
+            wf, gf = w.reshape(-1)[e0:e1], gw.reshape(-1)[e0:e1]
+            mf, vf = mw.reshape(-1)[e0:e1], vw.reshape(-1)[e0:e1]
+            for e in range(e1 - e0):
+                wf[e], mf[e], vf[e] = _adam_element(
+                    wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
+                    inv_sqrt_bc2, flush, zero)
+        # The bias: columns j0:j1, summed over the batch row by row, as the
+        # one-thread path sums them.
+        j0 = t * k_out // threads
+        j1 = (t + 1) * k_out // threads
+        if j1 > j0:
+            for j in range(j0, j1):
+                gb[j] = zero
+            for i in range(n):
+                for j in range(j0, j1):
+                    gb[j] += dz[i, j]
+            for j in range(j0, j1):
+                b[j], mb[j], vb[j] = _adam_element(
+                    b[j], gb[j], mb[j], vb[j], beta1, c1, beta2, c2, eps, decay, step_size,
+                    inv_sqrt_bc2, flush, zero)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
+               wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss):
+    """One step; returns (mean loss, number of correct argmax predictions).
+
+    ``acts`` = (batch, a_1, ..., logits) and ``deltas`` = (dz_0, ..., dlogits) are
+    per-batch-size buffers (N rows); per layer l: ``weights[l]`` (in, out),
+    ``keys/thresholds/scales[l]`` its dropout (threshold 0 and scale 1: none),
+    ``wgrads``/``bgrads`` the Dense layer's own gradient arrays, ``wm``... Adam's
+    moments. ``coef`` is ``Adam``'s coefficient array for this step. The parallel
+    loops only hand out the shares: the passes are ordinary functions (which
+    keeps Numba's compile of this one short).
+    """
+    n = idx.shape[0]
+    inv_n = coef.dtype.type(1.0 / n)
+    for t in prange(threads):
+        r0 = t * n // threads
+        r1 = (t + 1) * n // threads
+        if r1 > r0:
+            _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys,
+                       thresholds, scales, row_loss, inv_n)
+    for t in prange(threads):
+        _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv,
+                      bm, bv, coef)
+    # Summed in row order, in float64, as the loss kernel sums them.
+    total = 0.0
+    correct = 0
+    for i in range(n):
+        total += row_loss[i]
+        correct += int(row_loss[n + i])
+    return total / n, correct

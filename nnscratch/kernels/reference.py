@@ -219,7 +219,7 @@ def train_step(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scale
     """One training step of Dense -> ReLU [-> Dropout] blocks and a last Dense,
     softmax cross-entropy and Adam, exactly as ``Trainer`` runs it layer by
     layer, here in one function (``sgemm``, ``threads`` and ``row_loss`` are the
-    Numba twin's: it splits the same work between threads, see ``step.py``).
+    Numba twin's: it splits the same work between threads, see the last section of ``fused.py``).
 
     Per layer l: a_{l+1} = relu(a_l @ W_l + b_l) * mask_l (the last: a_l @ W_l + b_l,
     the logits); dz of the last layer is dL/dlogits; below it
