@@ -27,6 +27,9 @@ SGEMM = 0          # address of cblas_sgemm with 64-bit integers, or 0 when not 
 _set_threads = None
 _get_threads = None
 _stop_workers = None
+_lock = threading.Lock()
+_depth = 0    # how many one_thread blocks are open, in any thread
+_before = 0   # OpenBLAS's thread count when the first of them opened
 
 
 def _find() -> None:
@@ -68,6 +71,13 @@ def thread_count() -> int:
     return _get_threads() if _get_threads is not None else 0
 
 
+def allowed_threads() -> int:
+    """How many threads the user lets OpenBLAS use: its count outside our
+    ``one_thread`` blocks, even while one is open in another thread."""
+    with _lock:
+        return _before if _depth else thread_count()
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """OpenBLAS runs every product on the calling thread inside this block
@@ -79,21 +89,31 @@ def one_thread() -> Iterator[None]:
     took a core from our threads: 100 threaded steps of the reference model
     right after 100 steps on two-thread OpenBLAS took 1.86 ms each instead of
     0.99 ms (measured; 0.94 ms with the workers stopped). So the workers are
-    stopped here, with the function
-    OpenBLAS's own fork handler uses; its next multi-threaded product starts
-    them again (~0.1 ms). That is done only while the process runs no other
+    stopped here, with the function OpenBLAS's own fork handler uses; its next
+    multi-threaded product starts them again (~0.1 ms). That is done only while the process runs no other
     Python thread, since stopping a worker in the middle of another thread's
     product would hang it. The thread count is the whole process's: another
-    thread's products run on one thread too while this block lasts."""
+    thread's products run on one thread too while any such block is open (blocks
+    may overlap across threads; the last one to close restores the count)."""
+    global _depth, _before
     if _get_threads is None or _set_threads is None:
         yield
         return
-    before = _get_threads()
+    entered = False
     try:
-        _set_threads(1)
-        # Stopping them is safe only while no other thread may be inside a product.
-        if _stop_workers is not None and threading.active_count() == 1:
-            _stop_workers()
+        with _lock:  # several threads may train at once: the first in sets, the last out restores
+            if _depth == 0:
+                _before = _get_threads()
+                _set_threads(1)
+                # Stopping them is safe only while no other thread may be inside a product.
+                if _stop_workers is not None and threading.active_count() == 1:
+                    _stop_workers()
+            _depth += 1
+            entered = True
         yield
     finally:
-        _set_threads(before)
+        if entered:
+            with _lock:
+                _depth -= 1
+                if _depth == 0:
+                    _set_threads(_before)

@@ -98,7 +98,7 @@ class ThreadedStep:
                 and model.dtype == np.float32 and x.dtype in (np.uint8, np.float32)
                 and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam):
             return None
-        threads = min(numba.get_num_threads(), blas.thread_count())
+        threads = min(numba.get_num_threads(), blas.allowed_threads())
         if threads < 2 or not _pool_wakes_fast():
             return None
         stages = list(model._current_stages())

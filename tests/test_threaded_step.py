@@ -360,3 +360,26 @@ def test_one_thread_stops_openblas_workers_only_when_no_other_thread_runs(monkey
         release.set()
         other.join()
     assert calls == ([1] if blas.available() else [])
+
+
+@needs_numba
+def test_runs_in_several_python_threads_at_once_agree_with_runs_one_after_another():
+    import threading
+
+    def train(seed, out):
+        x, y = _data(600, (144,), np.uint8, seed=seed)
+        model = Sequential(Dense(144, 32), ReLU(), Dropout(0.2), Dense(32, 10), seed=0)
+        trainer = Trainer(model, x, y, epochs=2, batch_size=32, verbose=0)
+        out[seed] = (trainer.run()["loss"], trainer._threaded is not None)
+
+    before = blas.thread_count()
+    together, apart = {}, {}
+    threads = [threading.Thread(target=train, args=(s, together)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in range(3):
+        train(s, apart)
+    assert together == apart and all(used for _, used in apart.values())
+    assert blas.thread_count() == before
