@@ -28,8 +28,9 @@ _set_threads = None
 _get_threads = None
 _stop_workers = None
 _lock = threading.Lock()
-_depth = 0    # how many one_thread blocks are open, in any thread
-_before = 0   # OpenBLAS's thread count when the first of them opened
+_open: set = set()   # one token per one_thread block open, in any thread
+_ours = False        # whether OpenBLAS's count is ours (1) and _before the user's
+_before = 0          # OpenBLAS's thread count before the first open block set it to 1
 
 
 def _find() -> None:
@@ -75,7 +76,7 @@ def allowed_threads() -> int:
     """How many threads the user lets OpenBLAS use: its count outside our
     ``one_thread`` blocks, even while one is open in another thread."""
     with _lock:
-        return _before if _depth else thread_count()
+        return _before if _ours else thread_count()
 
 
 @contextmanager
@@ -95,25 +96,45 @@ def one_thread() -> Iterator[None]:
     product would hang it. The thread count is the whole process's: another
     thread's products run on one thread too while any such block is open (blocks
     may overlap across threads; the last one to close restores the count)."""
-    global _depth, _before
+    global _ours, _before
     if _get_threads is None or _set_threads is None:
         yield
         return
-    entered = False
+    token = object()
     try:
+        # Every step below may be cut short by Ctrl-C; whatever has happened,
+        # the finally clause leaves the count right (``_ours`` is set before the
+        # count is changed and cleared only after it is put back).
         with _lock:  # several threads may train at once: the first in sets, the last out restores
-            if _depth == 0:
-                _before = _get_threads()
+            if not _open:
+                if not _ours:
+                    _before = _get_threads()
+                    _ours = True
                 _set_threads(1)
-                # Stopping them is safe only while no other thread may be inside a product.
-                if _stop_workers is not None and threading.active_count() == 1:
-                    _stop_workers()
-            _depth += 1
-            entered = True
+            _open.add(token)
+            # Stopping them is safe only while no other thread may be inside a product.
+            stop = _stop_workers is not None and threading.active_count() == 1
+        if stop:
+            _stop_workers()
         yield
     finally:
-        if entered:
-            with _lock:
-                _depth -= 1
-                if _depth == 0:
-                    _set_threads(_before)
+        with _lock:
+            _open.discard(token)
+            if not _open and _ours:
+                _set_threads(_before)
+                _ours = False
+
+
+def _after_fork_in_child() -> None:
+    # A fork while another thread was inside one_thread: that thread does not exist
+    # in the child, so nothing would ever close its block.
+    global _lock, _ours
+    _lock = threading.Lock()
+    _open.clear()
+    if _ours and _set_threads is not None:
+        _set_threads(_before)
+    _ours = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

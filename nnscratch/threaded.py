@@ -69,8 +69,9 @@ class ThreadedStep:
     """The arrays ``kernels.train_step`` works on, gathered once per run."""
 
     def __init__(self, model, optimizer: Adam, dense: list[Dense], dropouts: list,
-                 threads: int) -> None:
+                 threads: int, widths: list[int]) -> None:
         self.model, self.optimizer, self.threads = model, optimizer, threads
+        self.widths = widths  # input, then each layer's output, as checked by for_run
         self.dense, self.dropouts = dense, dropouts
         by_id = {id(p.value): p.name for p in optimizer.params}
 
@@ -119,7 +120,10 @@ class ThreadedStep:
         if len(owned) != len(arrays) or any(id(a) not in owned for a in arrays) or any(
                 owned[id(a)].grad is not g for a, g in zip(arrays, grads)):
             return None
-        if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays + grads):
+        moments = [store[owned[id(a)].name] for store in (optimizer.m, optimizer.v) for a in arrays]
+        if any(a.dtype != np.float32 or not a.flags.c_contiguous
+               for a in arrays + grads + moments) or any(
+                m.shape != a.shape for m, a in zip(moments, arrays + arrays)):
             return None
         # The kernel trusts every shape (it computes addresses from them), so the
         # chain must fit exactly, as the layer path would insist with an error.
@@ -128,7 +132,7 @@ class ThreadedStep:
                or d.params["bias"].shape != (widths[i + 1],) for i, d in enumerate(dense)) \
                 or widths[-1] != model.num_classes:
             return None
-        return cls(model, optimizer, dense, [b.dropout for b in blocks], threads)
+        return cls(model, optimizer, dense, [b.dropout for b in blocks], threads, widths)
 
     def reuse_buffers(self, other: ThreadedStep) -> None:
         """Take over ``other``'s per-batch-size buffers (a run continued by another
@@ -141,9 +145,8 @@ class ThreadedStep:
         if n != self._last_n:
             def buf(name: str, cols: int, dtype=np.float32) -> np.ndarray:
                 return reuse_buffer(self._buffers, name, (n, cols), dtype)
-            widths = [self.dense[0].in_features] + [d.out_features for d in self.dense]
-            acts = tuple(buf(f"a{i}", w) for i, w in enumerate(widths))
-            deltas = tuple(buf(f"d{i}", w) for i, w in enumerate(widths[1:]))
+            acts = tuple(buf(f"a{i}", w) for i, w in enumerate(self.widths))
+            deltas = tuple(buf(f"d{i}", w) for i, w in enumerate(self.widths[1:]))
             self._last = (acts, deltas, buf("loss", 2, np.float64).reshape(-1))
             self._last_n = n
         return self._last

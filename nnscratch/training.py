@@ -53,7 +53,9 @@ class Trainer:
         self.model = model
         self.x = model.check_input(x)
         _warn_if_raw_pixels(self.x)
-        self.y = model._check_labels(y, len(self.x))
+        # A copy: the labels were checked here once, and the threaded step indexes
+        # with them unchecked, so the caller must not be able to change them later.
+        self.y = np.array(model._check_labels(y, len(self.x)), dtype=np.intp)
         self.epochs = positive_int("epochs", epochs)
         self.batch_size = positive_int("batch_size", batch_size)
         self.validation = None
@@ -190,7 +192,9 @@ class Trainer:
         return float(lr)
 
     def _step(self, idx: np.ndarray) -> float:
-        if self._threaded is not None:  # the same step, split between threads
+        # The same step, split between threads, unless another Python thread has
+        # raised OpenBLAS's thread count meanwhile (then this step goes layer by layer).
+        if self._threaded is not None and blas.thread_count() == 1:
             loss, correct = self._threaded.step(self.x, self.y, idx, self._learning_rate())
             self.correct += correct
             return loss
@@ -219,14 +223,16 @@ class Trainer:
         """Train until ``epochs`` are done; returns the history."""
         model = self.model
         model.train()
-        previous = self._threaded
-        self._threaded = ThreadedStep.for_run(model, self.optimizer, self.x, self.augment)
-        if previous is not None and self._threaded is not None:
-            self._threaded.reuse_buffers(previous)
         while self.epoch < self.epochs:
             if self.batch == 0:
                 self.perm = model.rng.permutation(len(self.x))
                 self.loss_sum, self.correct, self.seen, self.elapsed = 0.0, 0, 0, 0.0
+            # Decided again each epoch: a callback may have changed the model or
+            # the optimizer, or forked the process, since the last one.
+            previous = self._threaded
+            self._threaded = ThreadedStep.for_run(model, self.optimizer, self.x, self.augment)
+            if previous is not None and self._threaded is not None:
+                self._threaded.reuse_buffers(previous)
             self.progress.start_epoch(self.epoch)
             started = time.perf_counter()
             # The threaded step's threads call BLAS themselves; the epoch's end

@@ -1,4 +1,4 @@
-"""The threaded training step (``kernels/step.py``, ``threaded.py``) against the
+"""The threaded training step (``kernels.fused.train_step``, ``threaded.py``) against the
 layer-by-layer step, and the runs that must not take it.
 
 Both paths compute every value by the same formula; what may differ is the last
@@ -383,3 +383,65 @@ def test_runs_in_several_python_threads_at_once_agree_with_runs_one_after_anothe
         train(s, apart)
     assert together == apart and all(used for _, used in apart.values())
     assert blas.thread_count() == before
+
+
+@needs_numba
+def test_labels_changed_after_the_trainer_was_built_do_not_reach_the_kernel():
+    x, y = _data(96, (144,), np.uint8)
+    kept = y.copy()
+    model = Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0)
+    trainer = Trainer(model, x, y, epochs=2, batch_size=32, verbose=0,
+                      on_epoch_end=lambda t: y.fill(10**8))  # would index far out of bounds
+    y[:5] = 10
+    trainer.run()
+    again = Trainer(Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0), x, kept,
+                    epochs=2, batch_size=32, verbose=0)
+    assert again.run()["loss"] == trainer.history["loss"]
+
+
+@pytest.mark.parametrize("where", ["stopping the workers", "inside the block"])
+def test_ctrl_c_inside_one_thread_leaves_openblas_as_it_was(where, monkeypatch):
+    if not blas.available():
+        pytest.skip("NumPy's OpenBLAS is not reachable here")
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    before = blas.thread_count()
+    if where == "stopping the workers":
+        monkeypatch.setattr(blas, "_stop_workers", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with blas.one_thread():
+            interrupt()
+    assert blas.thread_count() == before and blas.allowed_threads() == before
+    monkeypatch.undo()
+    with blas.one_thread():
+        assert blas.thread_count() == 1
+    assert blas.thread_count() == before
+
+
+@needs_numba
+def test_a_model_changed_by_a_callback_is_trained_as_changed():
+    # The plan is rebuilt every epoch: after a callback swaps a layer for one the
+    # optimizer does not own, the run goes on layer by layer, as it would have anyway.
+    x, y = _data(96, (144,), np.uint8)
+    model = Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0)
+    used = []
+
+    def swap(trainer):
+        used.append(trainer._threaded is not None)
+        model.layers[-1] = Dense(16, 10, rng=1)
+
+    trainer = Trainer(model, x, y, epochs=3, batch_size=32, verbose=0, on_epoch_end=swap)
+    trainer.run()
+    assert used == [True, False, False] and np.isfinite(trainer.history["loss"]).all()
+
+
+@needs_numba
+def test_a_step_whose_openblas_count_was_raised_by_another_thread_goes_layer_by_layer(
+        monkeypatch):
+    x, y = _data(96, (144,), np.uint8)
+    trainer = Trainer(Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0), x, y,
+                      epochs=1, batch_size=32, verbose=0)
+    monkeypatch.setattr(blas, "thread_count", lambda: 2)  # as if another thread had set 2
+    assert np.isfinite(trainer.run()["loss"]).all()
