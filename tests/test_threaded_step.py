@@ -401,9 +401,7 @@ def test_labels_changed_after_the_trainer_was_built_do_not_reach_the_kernel():
 
 @pytest.mark.parametrize("where", ["stopping the workers", "inside the block"])
 def test_ctrl_c_inside_one_thread_leaves_openblas_as_it_was(where, monkeypatch):
-    if not blas.available():
-        pytest.skip("NumPy's OpenBLAS is not reachable here")
-
+    # Without NumPy's OpenBLAS, one_thread does nothing and the count reads 0 throughout.
     def interrupt():
         raise KeyboardInterrupt
 
@@ -416,7 +414,7 @@ def test_ctrl_c_inside_one_thread_leaves_openblas_as_it_was(where, monkeypatch):
     assert blas.thread_count() == before and blas.allowed_threads() == before
     monkeypatch.undo()
     with blas.one_thread():
-        assert blas.thread_count() == 1
+        assert blas.thread_count() == (1 if blas.available() else 0)
     assert blas.thread_count() == before
 
 

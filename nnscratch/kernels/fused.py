@@ -23,12 +23,16 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _S24 = float(2**24)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _bias_rows(z, b, out, r0, r1):
+    for i in range(r0, r1):
+        for j in range(z.shape[1]):
+            out[i, j] = z[i, j] + b[j]
+
+
 @njit(cache=True, error_model="numpy")
 def add_bias(z, b, out):
-    n, k = z.shape
-    for i in range(n):
-        for j in range(k):
-            out[i, j] = z[i, j] + b[j]
+    _bias_rows(z, b, out, 0, z.shape[0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -78,24 +82,33 @@ def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np
                      mask.dtype.type(1.0 / (1.0 - p)), mask, out)
 
 
-@njit(cache=True, error_model="numpy")
-def bias_relu_forward(z, b, out):
-    n, k = z.shape
-    for i in range(n):
-        for j in range(k):
+@njit(cache=True, error_model="numpy", inline="always")
+def _bias_relu_rows(z, b, out, r0, r1):
+    for i in range(r0, r1):
+        for j in range(z.shape[1]):
             v = z[i, j] + b[j]
             out[i, j] = v if not (v <= 0) else 0
 
 
-@njit(cache=True, error_model="numpy")
-def _bias_relu_dropout_forward(z, b, key, threshold, scale, out):
-    n, k = z.shape
+@njit(cache=True, error_model="numpy", inline="always")
+def _bias_relu_dropout_rows(z, b, key, threshold, scale, out, r0, r1):
+    k = z.shape[1]
     zero = scale - scale
-    for i in range(n):
+    for i in range(r0, r1):
         for j in range(k):
             m = _keep_scale(key, i * k + j, threshold, scale)  # the mask _dropout_forward draws
             v = z[i, j] + b[j]
             out[i, j] = (v if not (v <= 0) else zero) * m
+
+
+@njit(cache=True, error_model="numpy")
+def bias_relu_forward(z, b, out):
+    _bias_relu_rows(z, b, out, 0, z.shape[0])
+
+
+@njit(cache=True, error_model="numpy")
+def _bias_relu_dropout_forward(z, b, key, threshold, scale, out):
+    _bias_relu_dropout_rows(z, b, key, threshold, scale, out, 0, z.shape[0])
 
 
 def bias_relu_dropout_forward(z: np.ndarray, b: np.ndarray, key: int, p: float,
@@ -229,19 +242,24 @@ def _prefetch(typingctx, arr, row, col):
 _PREFETCH_ROWS = 4  # how far ahead; measured: 4 rows ahead cuts a random gather by ~35%
 
 
-@njit(cache=True, error_model="numpy")
-def gather_scale(src, idx, scale, out):
-    n, k = out.shape
-    for i in range(n):
+@njit(cache=True, error_model="numpy", inline="always")
+def _gather_rows(src, idx, scale, out, r0, r1):
+    k = out.shape[1]
+    for i in range(r0, r1):
         # Rows are scattered over the whole dataset, so each one is a cache miss:
         # ask for row i + 4 while converting row i, overlapping their latencies.
-        if i + _PREFETCH_ROWS < n:
+        if i + _PREFETCH_ROWS < r1:
             ahead = idx[i + _PREFETCH_ROWS]
             for j in range(0, k, max(1, 64 // src.itemsize)):  # one hint per 64-byte line
                 _prefetch(src, ahead, j)
         r = idx[i]
         for j in range(k):
             out[i, j] = src[r, j] * scale
+
+
+@njit(cache=True, error_model="numpy")
+def gather_scale(src, idx, scale, out):
+    _gather_rows(src, idx, scale, out, 0, out.shape[0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -334,19 +352,6 @@ def _sgemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     return types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc), codegen
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _gather_rows(src, idx, scale, out, r0, r1):
-    k = out.shape[1]
-    for i in range(r0, r1):
-        if i + _PREFETCH_ROWS < r1:
-            ahead = idx[i + _PREFETCH_ROWS]
-            for j in range(0, k, max(1, 64 // src.itemsize)):
-                _prefetch(src, ahead, j)
-        r = idx[i]
-        for j in range(k):
-            out[i, j] = src[r, j] * scale
-
-
 @njit(cache=True, error_model="numpy")
 def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys, thresholds,
                scales, row_loss, inv_n):
@@ -359,22 +364,13 @@ def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas,
         k_in, k_out = w.shape
         _sgemm(sgemm, _NO_TRANS, _NO_TRANS, rows, k_out, k_in, _address(a, r0, 0), k_in,
                _address(w, 0, 0), k_out, _address(z, r0, 0), k_out)
+        # In place, on these rows, by the blocks' own per-element code (and mask).
         if layer == layers - 1:  # the logits
-            for i in range(r0, r1):
-                for j in range(k_out):
-                    z[i, j] = z[i, j] + b[j]
+            _bias_rows(z, b, z, r0, r1)
         elif thresholds[layer] == 0 and scales[layer] == 1:  # no dropout
-            for i in range(r0, r1):
-                for j in range(k_out):
-                    v = z[i, j] + b[j]
-                    z[i, j] = v if not (v <= 0) else zero
+            _bias_relu_rows(z, b, z, r0, r1)
         else:
-            key, threshold, s = keys[layer], thresholds[layer], scales[layer]
-            for i in range(r0, r1):
-                for j in range(k_out):
-                    m = _keep_scale(key, i * k_out + j, threshold, s)  # the blocks' mask
-                    v = z[i, j] + b[j]
-                    z[i, j] = (v if not (v <= 0) else zero) * m
+            _bias_relu_dropout_rows(z, b, keys[layer], thresholds[layer], scales[layer], z, r0, r1)
     logits, dlogits = acts[layers], deltas[layers - 1]
     for i in range(r0, r1):
         label = y[idx[i]]
