@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
         command = parser.commands[args.command]
+        # Only the program itself may replace its process (see _compile_ahead);
+        # a call from Python, main([...]), never does.
+        args.whole_process = argv is None
         if unknown:  # argparse would report these with the top-level usage
             command.error(f"unrecognized arguments: {' '.join(unknown)}")
         # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
@@ -418,6 +421,8 @@ class _StopOnSignal:
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config, out, ckpt = _resolve_config(args, parser)
+    if args.whole_process and ckpt is None:
+        _compile_ahead(config)  # before anything is written
     created = _make_out_dir(out)
     lock = None
     try:
@@ -456,6 +461,51 @@ def _lock_out_dir(out: Path) -> int | None:
     return fd
 
 
+def _make_run(config: dict[str, Any], rng: np.random.Generator, train: tuple, val: tuple,
+              verbose: int, on_epoch_end: Any = None) -> tuple[Sequential, Adam, Trainer]:
+    """The model, optimizer and trainer of a run of ``config`` (``rehearse`` uses it too)."""
+    model = build_mlp(config["hidden"], config["dropout"], rng)
+    optimizer = Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    trainer = Trainer(model, *train, optimizer=optimizer, epochs=config["epochs"],
+                      batch_size=config["batch_size"], validation_data=val,
+                      lr_schedule=config["schedule"], warmup_epochs=config["warmup_epochs"],
+                      restore_best=True, verbose=verbose,
+                      augment=RandomShiftFlip(config["max_shift"], config["flip"])
+                      if config["augment"] else None, on_epoch_end=on_epoch_end)
+    return model, optimizer, trainer
+
+
+def rehearse(config: dict[str, Any]) -> None:
+    """A one-epoch run of ``config``'s model on a few blank images, then evaluation
+    and prediction, through the calls ``_train`` makes with arrays of the same
+    types: this compiles (into Numba's cache) every kernel the real run calls.
+    ``nnscratch.precompile`` runs it in a child process; see there why."""
+    n = config["batch_size"] + 1  # a full batch and a short one
+    x, y = np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.uint8)  # as load_fashion_mnist gives
+    model, _, trainer = _make_run(dict(config, epochs=1), np.random.default_rng(0), (x, y),
+                                  (x, y), verbose=0)
+    trainer.run()
+    model.evaluate(x, y)
+    x.flags.writeable = False  # the test images are read-only (memory-mapped): other types
+    model.evaluate(x, y)
+    model.predict(x)
+
+
+def _compile_ahead(config: dict[str, Any]) -> None:
+    """When Numba's cache lacks the run's kernels, have them compiled first in a
+    process image of their own, which then starts this command again (see
+    nnscratch.precompile): the training process never holds a compile's memory.
+    Returns when nothing needs compiling, or when this is that second start."""
+    from . import precompile, threaded
+    if os.environ.pop(precompile.STARTED_AGAIN, None) is not None or os.name != "posix" \
+            or not threaded.expected(config["augment"]) \
+            or precompile.step_cached(len(config["hidden"]) + 1) is not False:
+        return
+    error = precompile.compile_then_restart(config, [sys.executable, *sys.orig_argv[1:]])
+    warnings.warn(f"could not compile the kernels first ({error}); compiling them in this run",
+                  stacklevel=2)
+
+
 def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Path | None) -> int:
     meta = None
     if ckpt is not None:
@@ -469,19 +519,14 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
     # The split copied what training needs; dropping the memory-mapped originals
     # unmaps them, which keeps the run's peak memory ~50 MB lower.
     del x_full, y_full
-    model = build_mlp(config["hidden"], config["dropout"], rng)
-    optimizer = Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     checkpoint_path = out / "checkpoint.npz"
 
     def on_epoch_end(trainer: Trainer) -> None:
         save_checkpoint(checkpoint_path, trainer, config)
 
-    trainer = Trainer(model, x_train, y_train, optimizer=optimizer, epochs=config["epochs"],
-                      batch_size=config["batch_size"], validation_data=(x_val, y_val),
-                      lr_schedule=config["schedule"], warmup_epochs=config["warmup_epochs"],
-                      restore_best=True, verbose=0 if args.quiet else 1,
-                      augment=RandomShiftFlip(config["max_shift"], config["flip"])
-                      if config["augment"] else None, on_epoch_end=on_epoch_end)
+    model, optimizer, trainer = _make_run(config, rng, (x_train, y_train), (x_val, y_val),
+                                          verbose=0 if args.quiet else 1,
+                                          on_epoch_end=on_epoch_end)
     if meta is not None:
         try:
             trainer.load_state_dict(meta["trainer_state"])

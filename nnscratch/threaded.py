@@ -50,6 +50,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_note_fork)
 
 
+def expected(augment: bool) -> bool:
+    """Whether a run of a plain float32 MLP would take the threaded step, as far as
+    the environment tells without a model or starting Numba's threads (the pool
+    kind and a changed ``numba.set_num_threads`` are only known later)."""
+    return (_enabled_by_environment() and kernels.BACKEND == "numba" and blas.available()
+            and not _forked_after_pool and not augment
+            and min(numba.config.NUMBA_NUM_THREADS, blas.allowed_threads()) >= 2)
+
+
 @numba.njit(parallel=True, cache=True)
 def _touch_threads(out):
     for t in numba.prange(out.size):
@@ -94,9 +103,8 @@ class ThreadedStep:
     def for_run(cls, model, optimizer: Adam, x: np.ndarray, augment) -> ThreadedStep | None:
         """The plan for this run, or None when it must take the layer-by-layer step."""
         # The cheap checks first: the ones below start Numba's thread pool.
-        if not (_enabled_by_environment() and kernels.BACKEND == "numba" and blas.available()
-                and not _forked_after_pool and augment is None and model.fuse
-                and model.dtype == np.float32 and x.dtype in (np.uint8, np.float32)
+        if not (expected(augment is not None) and model.fuse and model.dtype == np.float32
+                and x.dtype in (np.uint8, np.float32)
                 and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam):
             return None
         threads = min(numba.get_num_threads(), blas.allowed_threads())
