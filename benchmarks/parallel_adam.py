@@ -11,6 +11,7 @@ the cores.
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -34,6 +35,8 @@ def adam_parallel(param, grad, m, v, coef):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((128, 784), dtype=np.float32)
     w = rng.standard_normal((784, 256), dtype=np.float32)

@@ -17,7 +17,7 @@ OPENBLAS_NUM_THREADS=1 (no worker thread) the growth almost disappears.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections import defaultdict
 
@@ -31,7 +31,11 @@ B, CHUNK = 128, 100
 
 
 def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("seconds", nargs="?", type=float, default=60.0,
+                        help="how long to watch (default 60)")
+    seconds = parser.parse_args().seconds
     (x, y), _ = nn.load_fashion_mnist()
     y = y.astype(np.intp)
     model = nn.Sequential(nn.Flatten(), nn.Dense(784, 256), nn.ReLU(), nn.Dropout(0.2),

@@ -18,7 +18,7 @@ comparable with, not identical to, the fit epoch time.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections import defaultdict
 
@@ -44,7 +44,11 @@ def label(stage) -> str:
 def main() -> None:
     (x, y), _ = nn.load_fashion_mnist()
     y = y.astype(np.intp)
-    hidden = [int(h) for h in sys.argv[1:]] or [256, 128]
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("hidden", nargs="*", type=int, default=[256, 128],
+                        help="hidden widths (default 256 128)")
+    hidden = parser.parse_args().hidden
     layers, width = [nn.Flatten()], 784
     for units in hidden:
         layers += [nn.Dense(width, units), nn.ReLU(), nn.Dropout(0.2)]

@@ -21,6 +21,7 @@ in the same round. threaded - split is what the step adds to its products.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -64,7 +65,11 @@ def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2
 
 
 def main() -> None:
-    chunks = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chunks", nargs="?", type=int, default=8,
+                        help="chunks of 100 steps of each kind (default 8)")
+    chunks = parser.parse_args().chunks
     if not blas.available():
         sys.exit("NumPy's OpenBLAS (cblas_sgemm with 64-bit integers) not found")
     (x, y), _ = load_fashion_mnist()

@@ -20,6 +20,7 @@ against what nnscratch does now, in one process, three rounds:
 
 from __future__ import annotations
 
+import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -131,6 +132,8 @@ def split_batch(rng: np.random.Generator, pool: ThreadPoolExecutor, rounds: int 
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rng = np.random.default_rng(0)
     with ThreadPoolExecutor(1) as pool:
         adam_split(rng, pool)
