@@ -48,7 +48,7 @@ def _command() -> int:
     except KeyboardInterrupt:
         return _interrupted()
     try:
-        return main()
+        return main(program=True)
     finally:
         _quiet_shutdown()
 

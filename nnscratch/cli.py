@@ -34,7 +34,7 @@ from . import __version__, _interrupted
 from .atomic import atomic_write, remove_stale_temporaries
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
+from .datasets import CLASS_NAMES, DataError, data_files_found, load_fashion_mnist
 from .images import ImageError, load_image, looks_blank
 from .io import MAX_PARAMETERS, ModelFileError, load, save
 from .layers import Dense, Dropout, Flatten, ReLU
@@ -190,14 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
+    """The command line; ``argv`` defaults to ``sys.argv[1:]``. ``program`` is for
+    the ``nnscratch`` program itself (its console script and ``python -m
+    nnscratch.cli``): only then may a first run replace its process to compile
+    its kernels first (``nnscratch.precompile``); a call from Python never does."""
     try:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
         command = parser.commands[args.command]
-        # Only the program itself may replace its process (see _compile_ahead);
-        # a call from Python, main([...]), never does.
-        args.whole_process = argv is None
+        args.program = program
         if unknown:  # argparse would report these with the top-level usage
             command.error(f"unrecognized arguments: {' '.join(unknown)}")
         # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
@@ -421,8 +423,8 @@ class _StopOnSignal:
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config, out, ckpt = _resolve_config(args, parser)
-    if args.whole_process and ckpt is None:
-        _compile_ahead(config)  # before anything is written
+    if args.program and ckpt is None:
+        _compile_first(config, out, args.data_dir)  # returns unless it restarts this command
     created = _make_out_dir(out)
     lock = None
     try:
@@ -479,7 +481,7 @@ def rehearse(config: dict[str, Any]) -> None:
     """A one-epoch run of ``config``'s model on a few blank images, then evaluation
     and prediction, through the calls ``_train`` makes with arrays of the same
     types: this compiles (into Numba's cache) every kernel the real run calls.
-    ``nnscratch.precompile`` runs it in a child process; see there why."""
+    ``nnscratch.precompile`` runs it before a first run; see there why."""
     n = config["batch_size"] + 1  # a full batch and a short one
     x, y = np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.uint8)  # as load_fashion_mnist gives
     model, _, trainer = _make_run(dict(config, epochs=1), np.random.default_rng(0), (x, y),
@@ -491,16 +493,29 @@ def rehearse(config: dict[str, Any]) -> None:
     model.predict(x)
 
 
-def _compile_ahead(config: dict[str, Any]) -> None:
+def _compile_first(config: dict[str, Any], out: Path, data_dir: Path | None) -> None:
     """When Numba's cache lacks the run's kernels, have them compiled first in a
     process image of their own, which then starts this command again (see
     nnscratch.precompile): the training process never holds a compile's memory.
-    Returns when nothing needs compiling, or when this is that second start."""
+    Returns when nothing needs compiling, when this is that second start, or
+    when the exec failed (with a warning; the run then compiles them itself)."""
     from . import precompile, threaded
     if os.environ.pop(precompile.STARTED_AGAIN, None) is not None or os.name != "posix" \
             or not threaded.expected(config["augment"]) \
             or precompile.step_cached(len(config["hidden"]) + 1) is not False:
         return
+    # What would fail at once must still fail at once, not after the compile: the
+    # output folder (probed, then left as it was) and the data (found, not read;
+    # when it is not there, the run reports it, or downloads it, as usual).
+    created = _make_out_dir(out)
+    try:
+        lock = _lock_out_dir(out)
+        if lock is not None:
+            os.close(lock)
+    finally:
+        _remove_if_empty(created)
+    if not data_files_found(data_dir) or not threaded.pool_wakes_fast():
+        return  # (a slow-waking pool: the run never takes the threaded step)
     error = precompile.compile_then_restart(config, [sys.executable, *sys.orig_argv[1:]])
     warnings.warn(f"could not compile the kernels first ({error}); compiling them in this run",
                   stacklevel=2)
@@ -755,4 +770,4 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(program=True))

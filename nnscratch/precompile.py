@@ -8,18 +8,24 @@ replaces itself (``os.execv``, same process, nothing else running) with
 ``main`` below, which rehearses the run (``cli.rehearse``: a few steps of the
 same model on blank images, through the same calls), so that every kernel the run
 calls is compiled into the cache, and then replaces itself again with the
-original command, which now only loads them. The process is never larger than a
-warm run, and there is never a second one. The results are the same either way;
-only where the compile happens changes.
+original command, which now only loads them. There is never a second process,
+and its peak is the larger of the compiling image's and a warm run's (the two
+are about equal for the default model; a deep model's compile can need more,
+still less than compiling in the training process). The results are the same
+either way; only where the compile happens changes.
 
-Only the program does this, before it writes anything; ``cli.main([...])``
-called from Python, and a resumed run, compile in their own process as before.
+Only the program does this (``cli.main(program=True)``), before it writes
+anything; ``cli.main()`` called from Python, a resumed run, and runs that never
+take the threaded step compile in their own process as before. Whatever goes
+wrong in the compiling image (other than Ctrl-C or SIGTERM, which stop there
+with exit status 130) only means the restarted run compiles its kernels itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -28,15 +34,46 @@ from typing import Any
 # compiles ahead twice (even when Numba could not cache the kernels).
 STARTED_AGAIN = "NNSCRATCH_COMPILED_AHEAD"
 
-# The image that compiles: this package, imported from where this one was found.
-_PROGRAM = """import sys
-sys.path.insert(0, sys.argv[1])
+# The image that compiles: this package, imported from where this one was found,
+# with SIGTERM stopping it like Ctrl-C. Arguments: that folder, the configuration,
+# the command to start again. If even the import fails, it starts the command.
+_PROGRAM = """import os, signal, sys
+def stop(signum, frame):
+    raise KeyboardInterrupt
+if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, stop)
 try:
+    sys.path.insert(0, sys.argv[1])
     from nnscratch.precompile import main
 except KeyboardInterrupt:
+    print("nnscratch train: interrupted", file=sys.stderr)
     sys.exit(130)
+except Exception as exc:
+    print(f"nnscratch train: warning: could not compile the kernels first ({exc!r}); the run "
+          "compiles them itself", file=sys.stderr, flush=True)
+    os.execve(sys.argv[3], sys.argv[3:], dict(os.environ, MARK="1"))
 sys.exit(main(sys.argv[2:]))
-"""
+""".replace("MARK", STARTED_AGAIN)
+
+
+def _flush() -> None:
+    """Flush what was printed before an exec discards the buffers (stdout may be
+    closed, or a pipe whose reader has gone)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _say(text: str) -> bool:
+    """Print a line of progress; False when standard output is a closed pipe."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        return False
+    return True
 
 
 def step_cached(layers: int) -> bool | None:
@@ -64,11 +101,13 @@ def compile_then_restart(config: dict[str, Any], command: list[str]) -> OSError:
     """Replace this process with the image that compiles ``config``'s kernels and
     then executes ``command``. Returns only if that failed, with the error."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # The interpreter's own options (-E, -I, -s, -X ..., -W ...), so that the image
+    # imports what the run imports.
+    flags = getattr(subprocess, "_args_from_interpreter_flags", list)()
+    _flush()
     try:
-        os.execv(sys.executable, [sys.executable, "-c", _PROGRAM, here, json.dumps(config),
-                                  *command])
+        os.execv(sys.executable, [sys.executable, *flags, "-c", _PROGRAM, here,
+                                  json.dumps(config), *command])
     except OSError as exc:
         return exc
     raise AssertionError("unreachable")  # pragma: no cover
@@ -80,7 +119,14 @@ def main(argv: list[str]) -> int:
         print("usage: python -m nnscratch.precompile CONFIG_JSON COMMAND...", file=sys.stderr)
         return 2
     config, command = json.loads(argv[0]), argv[1:]
-    print("Compiling the kernels for this model first (once: Numba caches them)...", flush=True)
+    if not _say("Compiling the kernels for this model first (once: Numba caches them)..."):
+        # The reader has gone: stop before any work, as the run itself would.
+        print("nnscratch train: stopped: standard output was closed", file=sys.stderr)
+        try:  # so that Python's exit does not fail flushing it again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     started = time.perf_counter()
     try:
         from .cli import rehearse
@@ -93,12 +139,11 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - the run itself then compiles, and says why not here
         problem = f"{type(exc).__name__}: {exc}"
     if problem is None:
-        print(f"Compiled in {time.perf_counter() - started:.1f} s", flush=True)
+        _say(f"Compiled in {time.perf_counter() - started:.1f} s")  # a closed pipe: the run says so
     else:
         print(f"nnscratch train: warning: compiling the kernels first failed ({problem}); the "
               "run compiles them itself", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     try:
         os.execve(command[0], command, dict(os.environ, **{STARTED_AGAIN: "1"}))
     except OSError as exc:

@@ -65,7 +65,7 @@ def _touch_threads(out):
         out[t] = t
 
 
-def _pool_wakes_fast() -> bool:
+def pool_wakes_fast() -> bool:
     """Whether Numba's pool is one whose idle threads wait spinning (OpenMP or TBB):
     a step wakes it twice, and the fallback 'workqueue' pool sleeps between
     jobs, which costs more per step than the threads gain (measured: 1.26x the
@@ -108,7 +108,7 @@ class ThreadedStep:
                 and type(model.loss) is SoftmaxCrossEntropy and type(optimizer) is Adam):
             return None
         threads = min(numba.get_num_threads(), blas.allowed_threads())
-        if threads < 2 or not _pool_wakes_fast():
+        if threads < 2 or not pool_wakes_fast():
             return None
         stages = list(model._current_stages())
         while stages and type(stages[0]) is Flatten:

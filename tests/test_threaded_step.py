@@ -294,7 +294,7 @@ def test_without_numpys_openblas_or_an_openmp_pool_training_takes_the_layer_path
     if missing == "openblas":
         monkeypatch.setattr(blas, "SGEMM", 0)
     else:
-        monkeypatch.setattr(threaded, "_pool_wakes_fast", lambda: False)
+        monkeypatch.setattr(threaded, "pool_wakes_fast", lambda: False)
     x, y = _data(64, (144,), np.uint8)
     trainer = Trainer(Sequential(Dense(144, 16), ReLU(), Dense(16, 10), seed=0), x, y,
                       epochs=1, batch_size=32, verbose=0)
