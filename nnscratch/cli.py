@@ -34,7 +34,7 @@ from . import __version__, _interrupted
 from .atomic import atomic_write, remove_stale_temporaries
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import CLASS_NAMES, DataError, data_files_found, load_fashion_mnist
+from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
 from .images import ImageError, load_image, looks_blank
 from .io import MAX_PARAMETERS, ModelFileError, load, save
 from .layers import Dense, Dropout, Flatten, ReLU
@@ -505,8 +505,9 @@ def _compile_first(config: dict[str, Any], out: Path, data_dir: Path | None) -> 
             or precompile.step_cached(len(config["hidden"]) + 1) is not False:
         return
     # What would fail at once must still fail at once, not after the compile: the
-    # output folder (probed, then left as it was) and the data (found, not read;
-    # when it is not there, the run reports it, or downloads it, as usual).
+    # output folder (probed, then left as it was) and the data (loaded, so missing
+    # data is downloaded and damaged data refused now; the exec frees it all; its
+    # warnings are left to the run).
     created = _make_out_dir(out)
     try:
         lock = _lock_out_dir(out)
@@ -514,8 +515,11 @@ def _compile_first(config: dict[str, Any], out: Path, data_dir: Path | None) -> 
             os.close(lock)
     finally:
         _remove_if_empty(created)
-    if not data_files_found(data_dir) or not threaded.pool_wakes_fast():
-        return  # (a slow-waking pool: the run never takes the threaded step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_fashion_mnist(data_dir)
+    if not threaded.pool_wakes_fast():
+        return  # a slow-waking pool: the run never takes the threaded step
     error = precompile.compile_then_restart(config, [sys.executable, *sys.orig_argv[1:]])
     warnings.warn(f"could not compile the kernels first ({error}); compiling them in this run",
                   stacklevel=2)

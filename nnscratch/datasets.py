@@ -238,18 +238,6 @@ def load_fashion_mnist(
 # --- locating the files -------------------------------------------------------
 
 
-def data_files_found(data_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Whether the four files are where :func:`load_fashion_mnist` looks first,
-    without reading or downloading them (no message, no warning)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            _find_sources(data_dir, False, lambda message: None)
-        except DataError:
-            return False
-    return True
-
-
 def _user_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "nnscratch" / "fashion-mnist"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,15 +35,21 @@ from typing import Any
 # compiles ahead twice (even when Numba could not cache the kernels).
 STARTED_AGAIN = "NNSCRATCH_COMPILED_AHEAD"
 
-# The image that compiles: this package, imported from where this one was found,
-# with SIGTERM stopping it like Ctrl-C. Arguments: that folder, the configuration,
-# the command to start again. If even the import fails, it starts the command.
-_PROGRAM = """import os, signal, sys
-def stop(signum, frame):
-    raise KeyboardInterrupt
-if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-    signal.signal(signal.SIGTERM, stop)
+# The image that compiles: this package, imported from where this one was found
+# (not from the working directory, which ``-c`` puts first on the path: a user's
+# signal.py there must not run), with SIGTERM stopping it like Ctrl-C. Arguments:
+# that folder, the configuration, the command to start again. If even the
+# import fails, it starts the command.
+_PROGRAM = """import sys
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]
+import os
 try:
+    import signal
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, stop)
     sys.path.insert(0, sys.argv[1])
     from nnscratch.precompile import main
 except KeyboardInterrupt:
@@ -67,13 +74,13 @@ def _flush() -> None:
             pass
 
 
-def _say(text: str) -> bool:
-    """Print a line of progress; False when standard output is a closed pipe."""
+def _say(text: str) -> None:
+    """A line about the compile, on standard error: standard output stays the
+    run's own, the same whether it compiled first or not (``| head -1`` ...)."""
     try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        return False
-    return True
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # stderr closed or full: say nothing
+        pass
 
 
 def step_cached(layers: int) -> bool | None:
@@ -119,36 +126,47 @@ def main(argv: list[str]) -> int:
         print("usage: python -m nnscratch.precompile CONFIG_JSON COMMAND...", file=sys.stderr)
         return 2
     config, command = json.loads(argv[0]), argv[1:]
-    if not _say("Compiling the kernels for this model first (once: Numba caches them)..."):
-        # The reader has gone: stop before any work, as the run itself would.
-        print("nnscratch train: stopped: standard output was closed", file=sys.stderr)
-        try:  # so that Python's exit does not fail flushing it again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 1
+    _say("Compiling the kernels for this model first (once: Numba caches them)...")
     started = time.perf_counter()
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt, but the compile runs Python in
+    # ctypes callbacks (llvmlite's), which swallow it ("Exception ignored ..."):
+    # so a stop is also remembered, and checked before the command starts.
+    stops: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if stops:  # the second one: at once (Numba writes its cache files atomically)
+            _say("nnscratch train: interrupted")
+            os._exit(130)
+        stops.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         from .cli import rehearse
         rehearse(config)
         problem = None if step_cached(len(config["hidden"]) + 1) is not False \
             else "Numba did not cache the training step"
     except KeyboardInterrupt:
-        print("nnscratch train: interrupted", file=sys.stderr)
-        return 130
+        stops.append(signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - the run itself then compiles, and says why not here
         problem = f"{type(exc).__name__}: {exc}"
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stops:
+        _say("nnscratch train: interrupted")
+        return 130
     if problem is None:
-        _say(f"Compiled in {time.perf_counter() - started:.1f} s")  # a closed pipe: the run says so
+        _say(f"Compiled in {time.perf_counter() - started:.1f} s")
     else:
-        print(f"nnscratch train: warning: compiling the kernels first failed ({problem}); the "
-              "run compiles them itself", file=sys.stderr, flush=True)
+        _say(f"nnscratch train: warning: compiling the kernels first failed ({problem}); the run "
+             "compiles them itself")
     _flush()
     try:
         os.execve(command[0], command, dict(os.environ, **{STARTED_AGAIN: "1"}))
     except OSError as exc:
-        print(f"nnscratch train: error: could not start {command[0]} again ({exc})",
-              file=sys.stderr)
+        _say(f"nnscratch train: error: could not start {command[0]} again ({exc})")
         return 1
     return 1  # pragma: no cover - execve does not return
 
