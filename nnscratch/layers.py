@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-from . import kernels
+from . import aligned, kernels
 from .checks import float_dtype, is_int, is_number
 
 
@@ -54,7 +54,7 @@ def reuse_buffer(store: dict, name: str, shape: tuple[int, ...], dtype: DTypeLik
         # At most two shapes per name (a full and a short batch): keep the newest other one.
         for old in [k for k in store if k[0] == name][:-1]:
             del store[old]
-        buf = store[key] = np.empty(shape, dtype)
+        buf = store[key] = aligned.empty(shape, dtype)
     return buf
 
 
@@ -134,9 +134,9 @@ class Dense(Layer):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.init = init
-        self.params = {"weight": np.empty((self.in_features, self.out_features), dtype),
-                       "bias": np.empty(self.out_features, dtype)}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.params = {"weight": aligned.empty((self.in_features, self.out_features), dtype),
+                       "bias": aligned.empty(self.out_features, dtype)}
+        self.grads = {k: aligned.zeros(v.shape, v.dtype) for k, v in self.params.items()}
         self.reset_parameters(np.random.default_rng(rng))
         self._x: np.ndarray | None = None
 
@@ -153,8 +153,8 @@ class Dense(Layer):
 
     def astype(self, dtype: DTypeLike) -> Dense:
         """Convert parameters and gradients to ``dtype`` (new arrays)."""
-        self.params = {k: v.astype(dtype) for k, v in self.params.items()}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.params = {k: aligned.copy(v, dtype) for k, v in self.params.items()}
+        self.grads = {k: aligned.zeros(v.shape, v.dtype) for k, v in self.params.items()}
         return self
 
     def config(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import kernels
+from . import aligned, kernels
 from .checks import is_finite_at_least, is_number
 
 
@@ -72,8 +72,8 @@ class Adam:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.step_count = 0
-        self.m = {p.name: np.zeros_like(p.value) for p in self.params}
-        self.v = {p.name: np.zeros_like(p.value) for p in self.params}
+        self.m = {p.name: aligned.zeros(p.value.shape, p.value.dtype) for p in self.params}
+        self.v = {p.name: aligned.zeros(p.value.shape, p.value.dtype) for p in self.params}
 
     def _coefficients(self, dtype: np.dtype) -> np.ndarray:
         # Computed once per step in float64, then rounded to the parameters'
