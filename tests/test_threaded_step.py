@@ -113,7 +113,7 @@ def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
     coef = np.array([b1, 1 - b1, b2, 1 - b2, 1e-8, 1 - lr * 0.01, lr / (1 - b1**t),
                      1 / np.sqrt(1 - b2**t), np.finfo(np.float32).tiny], np.float32)
     return [src, idx, np.float32(1 / 255), y, weights, biases, acts, deltas, *grads, *moments,
-            keys, thresholds, scales, coef, np.zeros(2 * n)]
+            keys, thresholds, scales, coef, np.zeros(2 * n), np.zeros((3, 256), np.float32), False]
 
 
 @needs_numba
@@ -443,3 +443,77 @@ def test_a_step_whose_openblas_count_was_raised_by_another_thread_goes_layer_by_
                       epochs=1, batch_size=32, verbose=0)
     monkeypatch.setattr(blas, "thread_count", lambda: 2)  # as if another thread had set 2
     assert np.isfinite(trainer.run()["loss"]).all()
+
+
+def _offset16(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` whose data starts 16 bytes past a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + 16
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("widths", [(144, 40, 24, 10), (784, 256, 128, 10), (50, 7, 3),
+                                    (20, 300, 5), (33, 17)])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_streaming_stores_give_the_same_step_bit_for_bit(threads, widths, misaligned):
+    # Weights whose rows start anywhere in a cache line (widths not multiples of 16,
+    # and arrays 16 bytes into a line) exercise the plain head and tail around the
+    # streaming stores.
+    plain, streamed = _step_inputs(widths=widths), _step_inputs(widths=widths)
+    if misaligned:
+        for args in (plain, streamed):
+            args[4] = tuple(_offset16(w) for w in args[4])
+    streamed[-1] = True
+    with blas.one_thread():
+        for args in (plain, streamed):
+            for _ in range(3):  # later steps start from the streamed weights
+                result = kernels.train_step(blas.SGEMM, threads, *args)
+            args.append(result)
+    assert plain[-1] == streamed[-1]
+    for position in range(4, 16):
+        for a, b in zip(plain[position], streamed[position]):
+            assert np.array_equal(a, b, equal_nan=True), position
+
+
+def test_store_chooser_streams_only_when_it_timed_clearly_faster():
+    from nnscratch.threaded import StoreChooser
+
+    def period(chooser, plain_time, stream_time):
+        kinds = []
+        for _ in range(chooser.PERIOD):
+            streaming = chooser.next()
+            kinds.append(streaming)
+            chooser.record(streaming, stream_time if streaming else plain_time)
+        return kinds
+
+    chooser = StoreChooser()
+    trial = [False] * chooser.TRIAL + [True] * chooser.TRIAL
+    rest = chooser.PERIOD - 2 * chooser.TRIAL
+    assert period(chooser, 1.0, 0.8) == trial + [True] * rest     # 20% faster: streams
+    assert period(chooser, 1.0, 0.95) == trial + [False] * rest   # 5% faster: not worth it
+    assert period(chooser, 1.0, 1.3) == trial + [False] * rest
+    assert period(chooser, 2.0, 1.0) == trial + [True] * rest     # decided again each period
+    assert chooser.count == 4 * chooser.PERIOD
+
+
+def test_store_chooser_uses_the_median_of_its_trials():
+    from nnscratch.threaded import StoreChooser
+    chooser = StoreChooser()
+    times = {False: [1.0, 1.0, 9.0, 1.0], True: [0.5, 0.5, 0.5, 5.0]}  # one outlier each
+    for k in range(2 * chooser.TRIAL):
+        streaming = chooser.next()
+        chooser.record(streaming, times[streaming][k % chooser.TRIAL])
+    assert chooser.streaming and chooser.next()
+
+
+@needs_numba
+def test_a_threaded_run_times_its_steps_for_the_chooser(monkeypatch):
+    x, y = _data(300, (144,), np.uint8)
+    trainer, _ = _train([Dense(144, 20), ReLU(), Dense(20, 10)], x, y, True, monkeypatch,
+                        epochs=2, batch_size=10)
+    plan = trainer._threaded
+    assert plan is not None and plan.stores.count == 60  # both epochs: carried over

@@ -352,6 +352,52 @@ def _sgemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     return types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc), codegen
 
 
+@intrinsic
+def _copy16_streaming(typingctx, dst, di, src, si):
+    """dst[di:di + 16] = src[si:si + 16] (float32), as one 64-byte store that
+    bypasses the caches (LLVM's !nontemporal: ``vmovntps``). dst[di] must be
+    64-byte aligned."""
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(ir.FloatType(), 16)
+        dst_ary = context.make_array(signature.args[0])(context, builder, args[0])
+        src_ary = context.make_array(signature.args[2])(context, builder, args[2])
+        dst_ptr = cgutils.get_item_pointer(context, builder, signature.args[0], dst_ary, [args[1]])
+        src_ptr = cgutils.get_item_pointer(context, builder, signature.args[2], src_ary, [args[3]])
+        value = builder.load(builder.bitcast(src_ptr, vec.as_pointer()), align=4)
+        store = builder.store(value, builder.bitcast(dst_ptr, vec.as_pointer()), align=64)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    return types.void(dst, di, src, si), codegen
+
+
+_STREAM_CHUNK = 256  # weights per piece of the streaming update (the scratch rows' length)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _adam_streaming(wf, gf, mf, vf, head, scratch, beta1, c1, beta2, c2, eps, decay, step_size,
+                    inv_sqrt_bc2, flush, zero):
+    """Adam on wf..vf, the same values as the plain loop, but the new weights
+    leave through streaming stores (see ``train_step``): the first ``head``
+    weights (up to the first 64-byte boundary) and the last few plainly, the rest
+    computed into ``scratch`` (in L1) a piece at a time and copied out 16 at once."""
+    total = wf.size
+    for e in range(min(head, total)):
+        wf[e], mf[e], vf[e] = _adam_element(wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps,
+                                            decay, step_size, inv_sqrt_bc2, flush, zero)
+    for c0 in range(min(head, total), total, _STREAM_CHUNK):
+        c1_ = min(c0 + _STREAM_CHUNK, total)
+        wc, gc, mc, vc = wf[c0:c1_], gf[c0:c1_], mf[c0:c1_], vf[c0:c1_]
+        for e in range(c1_ - c0):
+            scratch[e], mc[e], vc[e] = _adam_element(wc[e], gc[e], mc[e], vc[e], beta1, c1, beta2,
+                                                     c2, eps, decay, step_size, inv_sqrt_bc2,
+                                                     flush, zero)
+        whole = (c1_ - c0) // 16 * 16
+        for q in range(0, whole, 16):
+            _copy16_streaming(wc, q, scratch, q)
+        for q in range(whole, c1_ - c0):
+            wc[q] = scratch[q]
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys, thresholds,
                scales, row_loss, inv_n):
@@ -389,7 +435,7 @@ def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas,
 
 @njit(cache=True, error_model="numpy")
 def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv, bm, bv,
-                  coef):
+                  coef, scratch, streaming):
     """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases."""
     beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush = (
         coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7], coef[8])
@@ -411,10 +457,15 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
             # 1-D slices starting at 0: Numba then vectorises the loop.
             wf, gf = w.reshape(-1)[e0:e1], gw.reshape(-1)[e0:e1]
             mf, vf = mw.reshape(-1)[e0:e1], vw.reshape(-1)[e0:e1]
-            for e in range(e1 - e0):
-                wf[e], mf[e], vf[e] = _adam_element(
-                    wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
-                    inv_sqrt_bc2, flush, zero)
+            if streaming:
+                head = (-_address(w, i0, 0)) % 64 // 4  # float32s before a 64-byte boundary
+                _adam_streaming(wf, gf, mf, vf, head, scratch[t], beta1, c1, beta2, c2, eps,
+                                decay, step_size, inv_sqrt_bc2, flush, zero)
+            else:
+                for e in range(e1 - e0):
+                    wf[e], mf[e], vf[e] = _adam_element(
+                        wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
+                        inv_sqrt_bc2, flush, zero)
         # The bias: columns j0:j1, summed over the batch row by row, as the
         # one-thread path sums them. Again over 1-D slices from 0 (measured:
         # ~15 us less per step of the reference model than indexing j0:j1).
@@ -436,7 +487,7 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
-               wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss):
+               wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss, scratch, streaming):
     """One step; returns (mean loss, number of correct argmax predictions).
 
     ``acts`` = (batch, a_1, ..., logits) and ``deltas`` = (dz_0, ..., dlogits) are
@@ -446,6 +497,16 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     moments. ``coef`` is ``Adam``'s coefficient array for this step. The parallel
     loops only hand out the shares: the passes are ordinary functions (which
     keeps Numba's compile of this one short).
+
+    ``streaming`` (with ``scratch``, a (threads, 256) float32 array) writes the
+    new weights with streaming stores, which bypass the caches: the same values,
+    but each core's copy of the weights the other core updated is dropped at once
+    instead of when the other core writes them. On this VM, in its slow phases
+    (minutes long; its two vCPUs then seem to sit far apart), a step of the
+    reference model took 1.54 ms with plain stores and 1.14 ms with streaming ones;
+    in its fast phases streaming cost 3% (0.93 against 0.90 ms;
+    ``docs/runs/bench/streaming-stores.txt``). ``ThreadedStep`` times both and
+    picks (``threaded.StoreChooser``).
     """
     n = idx.shape[0]
     inv_n = coef.dtype.type(1.0 / n)
@@ -457,7 +518,7 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
                        thresholds, scales, row_loss, inv_n)
     for t in prange(threads):
         _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv,
-                      bm, bv, coef)
+                      bm, bv, coef, scratch, streaming)
     # Summed in row order, in float64, as the loss kernel sums them.
     total = 0.0
     correct = 0
