@@ -373,29 +373,31 @@ def _copy16_streaming(typingctx, dst, di, src, si):
 _STREAM_CHUNK = 256  # weights per piece of the streaming update (the scratch rows' length)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _adam_streaming(wf, gf, mf, vf, head, scratch, beta1, c1, beta2, c2, eps, decay, step_size,
                     inv_sqrt_bc2, flush, zero):
     """Adam on wf..vf, the same values as the plain loop, but the new weights
-    leave through streaming stores (see ``train_step``): the first ``head``
-    weights (up to the first 64-byte boundary) and the last few plainly, the rest
-    computed into ``scratch`` (in L1) a piece at a time and copied out 16 at once."""
+    leave through streaming stores (see ``train_step``): computed into
+    ``scratch`` (in L1) a piece at a time and copied out 16 at once, except the
+    first ``head`` (up to the first 64-byte boundary) and the last few, copied
+    plainly. (Not inlined into the step: that made the first run, which compiles
+    it, peak ~6 MiB higher.)"""
     total = wf.size
-    for e in range(min(head, total)):
-        wf[e], mf[e], vf[e] = _adam_element(wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps,
-                                            decay, step_size, inv_sqrt_bc2, flush, zero)
-    for c0 in range(min(head, total), total, _STREAM_CHUNK):
-        c1_ = min(c0 + _STREAM_CHUNK, total)
+    c0 = 0
+    while c0 < total:
+        aligned = c0 >= head
+        c1_ = min(total, c0 + _STREAM_CHUNK if aligned else head)
         wc, gc, mc, vc = wf[c0:c1_], gf[c0:c1_], mf[c0:c1_], vf[c0:c1_]
         for e in range(c1_ - c0):
             scratch[e], mc[e], vc[e] = _adam_element(wc[e], gc[e], mc[e], vc[e], beta1, c1, beta2,
                                                      c2, eps, decay, step_size, inv_sqrt_bc2,
                                                      flush, zero)
-        whole = (c1_ - c0) // 16 * 16
+        whole = (c1_ - c0) // 16 * 16 if aligned else 0
         for q in range(0, whole, 16):
             _copy16_streaming(wc, q, scratch, q)
         for q in range(whole, c1_ - c0):
             wc[q] = scratch[q]
+        c0 = c1_
 
 
 @njit(cache=True, error_model="numpy")
