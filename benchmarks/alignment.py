@@ -19,18 +19,13 @@ the per-round ratios to ``aligned``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
 
 import numpy as np
+from interleaved import BATCH, print_medians, reference_trainer, time_interleaved
 
-import nnscratch as nn
-from nnscratch import aligned, blas
+from nnscratch import aligned
 from nnscratch.datasets import load_fashion_mnist
-from nnscratch.threaded import ThreadedStep
 
-BATCH = 128
 ALIGNED_EMPTY = aligned.empty
 
 
@@ -55,48 +50,21 @@ def main() -> None:
     rounds = parser.parse_args().rounds
     (x, y), _ = load_fashion_mnist()
 
-    def trainer(empty) -> nn.Trainer:
+    def trainer(empty):
         aligned.empty = empty  # what Dense, Adam and the buffers allocate with
         try:
-            model = nn.Sequential(nn.Flatten(), nn.Dense(784, 256), nn.ReLU(), nn.Dropout(0.2),
-                                  nn.Dense(256, 128), nn.ReLU(), nn.Dropout(0.2),
-                                  nn.Dense(128, 10), seed=0)
-            t = nn.Trainer(model, x, y, batch_size=BATCH, verbose=0)
-            t._threaded = ThreadedStep.for_run(model, t.optimizer, t.x, None)
-            if t._threaded is None:
-                sys.exit("this machine cannot run the threaded step (see nnscratch/threaded.py)")
-            t._threaded._buffers_for(BATCH)
+            return reference_trainer(x, y)
         finally:
             aligned.empty = ALIGNED_EMPTY
-        return t
 
     trainers = {"aligned": trainer(ALIGNED_EMPTY),
                 "numpy": trainer(lambda shape, dtype: np.empty(shape, dtype)),
                 "off16": trainer(off16_empty)}
     for name, t in trainers.items():
         print(f"{name:<8} arrays start at these offsets into a cache line: {hot_offsets(t)}")
-    perm = np.random.default_rng(0).permutation(len(x))
-    steps = len(x) // BATCH
-
-    def chunk(t: nn.Trainer, k0: int) -> float:
-        started = time.perf_counter()
-        for k in range(k0, k0 + 100):
-            t._step(perm[(k % steps) * BATCH:][:BATCH])
-        return (time.perf_counter() - started) / 100 * 1e6
-
-    times: dict[str, list[float]] = {name: [] for name in trainers}
-    with blas.one_thread():
-        for t in trainers.values():  # warm-up: compile, fill caches
-            chunk(t, 0)
-        for r in range(rounds):
-            names = list(trainers) if r % 2 == 0 else list(trainers)[::-1]
-            for name in names:
-                times[name].append(chunk(trainers[name], 100 * (r + 1)))
+    times = time_interleaved(trainers, rounds)
     print(f"{rounds} rounds of 100 steps each, interleaved; us per step")
-    for name, ts in times.items():
-        ratios = [a / b for a, b in zip(ts, times["aligned"])]
-        print(f"{name:<8} median {statistics.median(ts):6.0f}  x aligned {statistics.median(ratios):.3f} "
-              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+    print_medians(times, "aligned")
 
 
 if __name__ == "__main__":
