@@ -18,10 +18,8 @@ the per-round ratios to ``aligned``.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from interleaved import BATCH, print_medians, reference_trainer, time_interleaved
+from interleaved import BATCH, parse_rounds, print_medians, reference_trainer, time_interleaved
 
 from nnscratch import aligned
 from nnscratch.datasets import load_fashion_mnist
@@ -43,11 +41,7 @@ def hot_offsets(trainer) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rounds", nargs="?", type=int, default=20,
-                        help="rounds of one 100-step chunk per trainer (default 20)")
-    rounds = parser.parse_args().rounds
+    rounds = parse_rounds(__doc__)
     (x, y), _ = load_fashion_mnist()
 
     def trainer(empty):

@@ -26,6 +26,15 @@ BATCH = 128
 CHUNK = 100
 
 
+def parse_rounds(doc: str) -> int:
+    """The command line of such a benchmark: its docstring for --help, and ROUNDS."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rounds", nargs="?", type=int, default=20,
+                        help="rounds of one 100-step chunk per variant (default 20)")
+    return parser.parse_args().rounds
+
+
 def reference_trainer(x: np.ndarray, y: np.ndarray) -> nn.Trainer:
     """A trainer of the reference model whose steps take the threaded step."""
     model = nn.Sequential(nn.Flatten(), nn.Dense(784, 256), nn.ReLU(), nn.Dropout(0.2),

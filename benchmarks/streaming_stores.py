@@ -19,9 +19,7 @@ and the per-round ratios to ``plain``.
 
 from __future__ import annotations
 
-import argparse
-
-from interleaved import print_medians, reference_trainer, time_interleaved
+from interleaved import parse_rounds, print_medians, reference_trainer, time_interleaved
 
 from nnscratch.datasets import load_fashion_mnist
 from nnscratch.threaded import StoreChooser
@@ -42,11 +40,7 @@ class Always(StoreChooser):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rounds", nargs="?", type=int, default=20,
-                        help="rounds of one 100-step chunk per trainer (default 20)")
-    rounds = parser.parse_args().rounds
+    rounds = parse_rounds(__doc__)
     (x, y), _ = load_fashion_mnist()
     trainers = {}
     for name, stores in (("plain", Always(False)), ("streaming", Always(True)),
