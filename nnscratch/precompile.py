@@ -140,8 +140,15 @@ def main(argv: list[str]) -> int:
         stops.append(signum)
         raise KeyboardInterrupt
 
+    def quiet(unraisable: Any) -> None:
+        # Python would print the swallowed KeyboardInterrupt as "Exception ignored
+        # ... Traceback"; the stop is remembered, and said once below.
+        if not (stops and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            unraisable_hook(unraisable)
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
                 if signal.getsignal(sig) is not signal.SIG_IGN}
+    unraisable_hook, sys.unraisablehook = sys.unraisablehook, quiet
     try:
         from .cli import rehearse
         rehearse(config)
@@ -154,6 +161,7 @@ def main(argv: list[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = unraisable_hook
     if stops:
         _say("nnscratch train: interrupted")
         return 130

@@ -294,13 +294,16 @@ STARTED = "import os; print('started again', os.environ.get('NNSCRATCH_COMPILED_
 
 
 @needs_numba
-def test_sigterm_while_compiling_first_stops_there(tmp_path: Path):
+# At several moments of the compile: one that lands in llvmlite's ctypes callback must not
+# print Python's "Exception ignored ... Traceback" either (seen about once in 12 before).
+@pytest.mark.parametrize("delay", [0.5, 1.45, 2.5])
+def test_sigterm_while_compiling_first_stops_there(tmp_path: Path, delay: float):
     here = str(Path(precompile.__file__).resolve().parents[1])
     proc = subprocess.Popen(image(tmp_path, here, STARTED), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env=cli_env(NUMBA_CACHE_DIR=str(tmp_path / "cache")))
     assert proc.stderr.readline().startswith("Compiling the kernels")
-    time.sleep(0.5)
+    time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
