@@ -18,21 +18,24 @@ the per-round ratios to ``aligned``.
 
 from __future__ import annotations
 
-import numpy as np
-from interleaved import BATCH, parse_rounds, print_medians, reference_trainer, time_interleaved
+from collections.abc import Callable
 
+import numpy as np
+from interleaved import BATCH, FixedStores, parse_rounds, print_medians, reference_trainer, time_interleaved
+
+import nnscratch as nn
 from nnscratch import aligned
 from nnscratch.datasets import load_fashion_mnist
 
 ALIGNED_EMPTY = aligned.empty
 
 
-def off16_empty(shape, dtype) -> np.ndarray:
+def off16_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return ALIGNED_EMPTY(nbytes + 64, np.uint8)[16:16 + nbytes].view(dtype).reshape(shape)
 
 
-def hot_offsets(trainer) -> list[int]:
+def hot_offsets(trainer: nn.Trainer) -> list[int]:
     plan = trainer._threaded
     acts, deltas, _ = plan._buffers_for(BATCH)
     arrays = [a for k in ("weights", "wgrads", "wm", "wv", "biases", "bgrads", "bm", "bv")
@@ -44,10 +47,10 @@ def main() -> None:
     rounds = parse_rounds(__doc__)
     (x, y), _ = load_fashion_mnist()
 
-    def trainer(empty):
+    def trainer(empty: Callable[..., np.ndarray]) -> nn.Trainer:
         aligned.empty = empty  # what Dense, Adam and the buffers allocate with
-        try:
-            return reference_trainer(x, y)
+        try:  # plain stores throughout: the chooser's choices would blur the comparison
+            return reference_trainer(x, y, FixedStores(False))
         finally:
             aligned.empty = ALIGNED_EMPTY
 

@@ -20,10 +20,24 @@ import numpy as np
 
 import nnscratch as nn
 from nnscratch import blas
-from nnscratch.threaded import ThreadedStep
+from nnscratch.threaded import StoreChooser, ThreadedStep
 
 BATCH = 128
 CHUNK = 100
+
+
+class FixedStores(StoreChooser):
+    """A store chooser that never changes its mind (plain or streaming stores)."""
+
+    def __init__(self, streaming: bool) -> None:
+        super().__init__()
+        self.streaming = streaming
+
+    def next(self) -> bool:
+        return self.streaming
+
+    def record(self, streaming: bool, seconds: float, rows: int) -> None:
+        self.count += 1
 
 
 def parse_rounds(doc: str) -> int:
@@ -35,8 +49,10 @@ def parse_rounds(doc: str) -> int:
     return parser.parse_args().rounds
 
 
-def reference_trainer(x: np.ndarray, y: np.ndarray) -> nn.Trainer:
-    """A trainer of the reference model whose steps take the threaded step."""
+def reference_trainer(x: np.ndarray, y: np.ndarray, stores: StoreChooser | None = None,
+                      ) -> nn.Trainer:
+    """A trainer of the reference model whose steps take the threaded step, with
+    ``stores`` choosing its weights' stores (default: nnscratch's own chooser)."""
     model = nn.Sequential(nn.Flatten(), nn.Dense(784, 256), nn.ReLU(), nn.Dropout(0.2),
                           nn.Dense(256, 128), nn.ReLU(), nn.Dropout(0.2), nn.Dense(128, 10),
                           seed=0)
@@ -45,6 +61,8 @@ def reference_trainer(x: np.ndarray, y: np.ndarray) -> nn.Trainer:
     if trainer._threaded is None:
         sys.exit("this machine cannot run the threaded step (see nnscratch/threaded.py)")
     trainer._threaded._buffers_for(BATCH)
+    if stores is not None:
+        trainer._threaded.stores = stores
     return trainer
 
 

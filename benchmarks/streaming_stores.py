@@ -19,34 +19,18 @@ and the per-round ratios to ``plain``.
 
 from __future__ import annotations
 
-from interleaved import parse_rounds, print_medians, reference_trainer, time_interleaved
+from interleaved import FixedStores, parse_rounds, print_medians, reference_trainer, time_interleaved
 
 from nnscratch.datasets import load_fashion_mnist
 from nnscratch.threaded import StoreChooser
 
 
-class Always(StoreChooser):
-    """A chooser that never changes its mind."""
-
-    def __init__(self, streaming: bool) -> None:
-        super().__init__()
-        self.streaming = streaming
-
-    def next(self) -> bool:
-        return self.streaming
-
-    def record(self, streaming: bool, seconds_per_row: float) -> None:
-        self.count += 1
-
-
 def main() -> None:
     rounds = parse_rounds(__doc__)
     (x, y), _ = load_fashion_mnist()
-    trainers = {}
-    for name, stores in (("plain", Always(False)), ("streaming", Always(True)),
-                         ("chooser", StoreChooser())):
-        trainers[name] = reference_trainer(x, y)
-        trainers[name]._threaded.stores = stores
+    trainers = {"plain": reference_trainer(x, y, FixedStores(False)),
+                "streaming": reference_trainer(x, y, FixedStores(True)),
+                "chooser": reference_trainer(x, y, StoreChooser())}
 
     def report(r: int, times: dict[str, list[float]]) -> None:
         chose = trainers["chooser"]._threaded.stores.streaming

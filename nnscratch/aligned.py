@@ -10,7 +10,8 @@ them on a line boundary (1.25x in a slow phase of the machine), and with
 NumPy's own mixed offsets 1.003-1.03x as long.
 
 So the arrays a training step streams through (parameters, gradients, Adam's
-moments, the per-batch buffers) are made here. They are ordinary C-contiguous
+moments, the per-batch buffers of a ``Sequential`` and of the threaded step) are
+made here. They are ordinary C-contiguous
 NumPy arrays; each is a view of a slightly larger byte buffer, which it keeps
 alive through ``.base``.
 """
@@ -27,6 +28,8 @@ def empty(shape: int | tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """Like ``np.empty``, but the data starts on a 64-byte boundary."""
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimensions are not allowed: {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + CACHE_LINE, np.uint8)
     start = -raw.ctypes.data % CACHE_LINE

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import aligned, blas, kernels
 from .blocks import DenseReLU
+from .kernels import fused
 from .layers import Dense, Flatten, reuse_buffer
 from .losses import SoftmaxCrossEntropy
 from .optim import Adam
@@ -81,33 +82,40 @@ class StoreChooser:
     (``kernels.fused.train_step``): the same values either way, but on this VM
     streaming cost 3% of a step in its fast phases and saved 25% in its slow ones
     (minutes long), and nothing tells the two apart but the clock
-    (``benchmarks/streaming_stores.py``: with this chooser a step took 1.002x the
-    plain stores' time in fast phases and 0.765x in slow ones). So in every ``PERIOD`` steps the first
-    ``TRIAL`` write plainly and the next ``TRIAL`` stream, each timed per batch
-    row, and the rest of the period streams only if that was clearly faster
-    (median time below ``MARGIN`` times the plain median)."""
+    (``benchmarks/streaming_stores.py``). So in every ``PERIOD`` steps the first
+    ``TRIAL`` write plainly and the next ``TRIAL`` stream, each timed, and the
+    rest of the period streams only if that was clearly faster (median time below
+    ``MARGIN`` times the plain median). Only steps of the first trial step's batch
+    size count (a short last batch is not a fair sample); with no sample of one
+    kind, the previous choice stands."""
 
     PERIOD, TRIAL, MARGIN = 64, 4, 0.9
 
     def __init__(self) -> None:
         self.count = 0
         self.streaming = False
+        self._rows = 0
         self._times: tuple[list[float], list[float]] = ([], [])
 
     def next(self) -> bool:
+        """The kind of store the next step should use."""
         k = self.count % self.PERIOD
         if k < 2 * self.TRIAL:
             return k >= self.TRIAL
         return self.streaming
 
-    def record(self, streaming: bool, seconds_per_row: float) -> None:
+    def record(self, streaming: bool, seconds: float, rows: int) -> None:
+        """How long the step that ``next`` was asked for took, on a batch of ``rows``."""
         k = self.count % self.PERIOD
         self.count += 1
-        if k < 2 * self.TRIAL:
-            self._times[streaming].append(seconds_per_row)
+        if k == 0:
+            self._rows = rows
+        if k < 2 * self.TRIAL and rows == self._rows:
+            self._times[streaming].append(seconds)
         if k == 2 * self.TRIAL - 1:
-            plain, stream = (statistics.median(t) for t in self._times)
-            self.streaming = stream < self.MARGIN * plain
+            plain, stream = self._times
+            if plain and stream:
+                self.streaming = statistics.median(stream) < self.MARGIN * statistics.median(plain)
             self._times = ([], [])
 
 
@@ -133,7 +141,7 @@ class ThreadedStep:
         self.keys = np.zeros(len(dense), np.uint64)
         self.thresholds = np.zeros(len(dense), np.uint64)
         self.scales = np.ones(len(dense), np.float32)
-        self.scratch = aligned.zeros((threads, 256), np.float32)  # for streaming stores
+        self.scratch = aligned.zeros((threads, fused.STREAM_CHUNK), np.float32)  # streaming stores
         self.stores = StoreChooser()
         self._buffers: dict = {}
         self._last_n, self._last = -1, ()
@@ -168,7 +176,8 @@ class ThreadedStep:
                 owned[id(a)].grad is not g for a, g in zip(arrays, grads)):
             return None
         moments = [store[owned[id(a)].name] for store in (optimizer.m, optimizer.v) for a in arrays]
-        if any(a.dtype != np.float32 or not a.flags.c_contiguous
+        # (Aligned: a float32 view at an odd byte offset would fault the streaming stores.)
+        if any(a.dtype != np.float32 or not a.flags.c_contiguous or not a.flags.aligned
                for a in arrays + grads + moments) or any(
                 m.shape != a.shape for m, a in zip(moments, arrays + arrays)):
             return None
@@ -202,7 +211,8 @@ class ThreadedStep:
     def step(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float) -> tuple[float, int]:
         """One training step on rows ``idx`` of (x, y) with learning rate ``lr``:
         the dropout keys are drawn, in layer order, as the blocks draw them, and
-        Adam's step count advances as in ``Adam.step``."""
+        Adam's step count advances as in ``Adam.step``. The step is timed for
+        ``self.stores``, which picks plain or streaming stores for the weights."""
         for i, dropout in enumerate(self.dropouts):
             if dropout is not None and dropout.training and dropout.p > 0.0:
                 self.keys[i] = int(dropout.rng.integers(0, 2**63))
@@ -225,5 +235,5 @@ class ThreadedStep:
             blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
             acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
             self.keys, self.thresholds, self.scales, coef, row_loss, self.scratch, streaming)
-        self.stores.record(streaming, (time.perf_counter() - started) / len(idx))
+        self.stores.record(streaming, time.perf_counter() - started, len(idx))
         return float(loss), int(correct)

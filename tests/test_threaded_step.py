@@ -18,9 +18,10 @@ import numba
 import numpy as np
 import pytest
 
-from nnscratch import Adam, Dense, Dropout, Flatten, ReLU, Sequential, Trainer, blas, kernels
+from nnscratch import Adam, Dense, Dropout, Flatten, ReLU, Sequential, Trainer, aligned, blas, kernels
 from nnscratch.augment import RandomShiftFlip
-from nnscratch.kernels import reference
+from nnscratch.kernels import fused, reference
+from nnscratch.threaded import StoreChooser
 from nnscratch.training import TrainingDiverged
 
 NUMBA = kernels.BACKEND == "numba"
@@ -113,7 +114,8 @@ def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
     coef = np.array([b1, 1 - b1, b2, 1 - b2, 1e-8, 1 - lr * 0.01, lr / (1 - b1**t),
                      1 / np.sqrt(1 - b2**t), np.finfo(np.float32).tiny], np.float32)
     return [src, idx, np.float32(1 / 255), y, weights, biases, acts, deltas, *grads, *moments,
-            keys, thresholds, scales, coef, np.zeros(2 * n), np.zeros((3, 256), np.float32), False]
+            keys, thresholds, scales, coef, np.zeros(2 * n),
+            np.zeros((3, fused.STREAM_CHUNK), np.float32), False]
 
 
 @needs_numba
@@ -479,35 +481,94 @@ def test_streaming_stores_give_the_same_step_bit_for_bit(threads, widths, misali
             assert np.array_equal(a, b, equal_nan=True), position
 
 
+def _streaming_assembly() -> str:
+    # Compiled afresh (Numba gives no assembly for cached code).
+    fn = numba.njit(error_model="numpy")(fused._adam_streaming.py_func)
+    w, g, m, v = (aligned.zeros(300, np.float32) for _ in range(4))  # head 0: w on a boundary
+    f32 = np.float32(0)
+    fn(w, g, m, v, 0, np.zeros(fused.STREAM_CHUNK, np.float32), *([f32] * 10))
+    return next(iter(fn.inspect_asm().values()))
+
+
+@needs_numba
+def test_the_streaming_adam_really_streams_and_fences():
+    asm = _streaming_assembly()
+    assert "vmovntps" in asm and "sfence" in asm
+
+
+@needs_numba
+def test_too_small_a_scratch_falls_back_to_plain_stores():
+    plain, small = _step_inputs(), _step_inputs()
+    small[-2], small[-1] = np.zeros((1, 16), np.float32), True  # 3 threads, 1 short row
+    with blas.one_thread():
+        for args in (plain, small):
+            args.append(kernels.train_step(blas.SGEMM, 3, *args))
+    assert plain[-1] == small[-1]
+    for a, b in zip(plain[4], small[4]):
+        assert np.array_equal(a, b)
+
+
+@needs_numba
+def test_weights_off_a_4_byte_boundary_take_the_layer_path(monkeypatch):
+    # A float32 view at an odd byte offset: streaming stores would fault on it.
+    x, y = _data(60, (144,), np.uint8)
+    model = Sequential(Dense(144, 20), ReLU(), Dense(20, 10), seed=0)
+    dense = model.layers[0]
+    raw = np.zeros(dense.params["weight"].nbytes + 1, np.uint8)
+    odd = np.frombuffer(raw.data, np.float32, dense.params["weight"].size, offset=1)
+    odd = odd.reshape(dense.params["weight"].shape)
+    odd[...] = dense.params["weight"]
+    assert not odd.flags.aligned
+    dense.params["weight"] = odd
+    trainer = Trainer(model, x, y, epochs=2, batch_size=6, verbose=0)
+    trainer.run()  # 20 steps: the chooser would stream in steps 5-8
+    assert trainer._threaded is None and np.isfinite(odd).all()
+
+
+def _period(chooser, plain_time, stream_time, rows=(128,) * 64):
+    kinds = []
+    for k in range(chooser.PERIOD):
+        streaming = chooser.next()
+        kinds.append(streaming)
+        chooser.record(streaming, stream_time if streaming else plain_time, rows[k])
+    return kinds
+
+
 def test_store_chooser_streams_only_when_it_timed_clearly_faster():
-    from nnscratch.threaded import StoreChooser
-
-    def period(chooser, plain_time, stream_time):
-        kinds = []
-        for _ in range(chooser.PERIOD):
-            streaming = chooser.next()
-            kinds.append(streaming)
-            chooser.record(streaming, stream_time if streaming else plain_time)
-        return kinds
-
     chooser = StoreChooser()
     trial = [False] * chooser.TRIAL + [True] * chooser.TRIAL
     rest = chooser.PERIOD - 2 * chooser.TRIAL
-    assert period(chooser, 1.0, 0.8) == trial + [True] * rest     # 20% faster: streams
-    assert period(chooser, 1.0, 0.95) == trial + [False] * rest   # 5% faster: not worth it
-    assert period(chooser, 1.0, 1.3) == trial + [False] * rest
-    assert period(chooser, 2.0, 1.0) == trial + [True] * rest     # decided again each period
+    assert _period(chooser, 1.0, 0.8) == trial + [True] * rest     # 20% faster: streams
+    assert _period(chooser, 1.0, 0.95) == trial + [False] * rest   # 5% faster: not worth it
+    assert _period(chooser, 1.0, 1.3) == trial + [False] * rest
+    assert _period(chooser, 2.0, 1.0) == trial + [True] * rest     # decided again each period
     assert chooser.count == 4 * chooser.PERIOD
 
 
 def test_store_chooser_uses_the_median_of_its_trials():
-    from nnscratch.threaded import StoreChooser
     chooser = StoreChooser()
     times = {False: [1.0, 1.0, 9.0, 1.0], True: [0.5, 0.5, 0.5, 5.0]}  # one outlier each
     for k in range(2 * chooser.TRIAL):
         streaming = chooser.next()
-        chooser.record(streaming, times[streaming][k % chooser.TRIAL])
+        chooser.record(streaming, times[streaming][k % chooser.TRIAL], 128)
     assert chooser.streaming and chooser.next()
+
+
+def test_store_chooser_counts_only_batches_of_the_first_trial_size():
+    # Short batches take less time, but not in proportion: they must not decide.
+    chooser = StoreChooser()
+    rows = [128, 40, 40, 40, 128, 128, 128, 128] + [128] * 56
+    times = {128: 1.0, 40: 0.3}
+    kinds = []
+    for k in range(chooser.PERIOD):
+        streaming = chooser.next()
+        kinds.append(streaming)
+        chooser.record(streaming, times[rows[k]] * (0.95 if streaming else 1.0), rows[k])
+    assert not chooser.streaming  # 5% faster streaming, on equal batches: stays plain
+    # A period whose trial saw no plain sample of its size keeps the previous choice.
+    chooser.streaming = True
+    _period(chooser, 1.0, 1.0, rows=[40, 40, 40, 40] + [128] * 60)
+    assert chooser.streaming
 
 
 @needs_numba

@@ -352,11 +352,19 @@ def _sgemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     return types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc), codegen
 
 
+def _is_float32_c_array(t) -> bool:
+    return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C"
+
+
 @intrinsic
 def _copy16_streaming(typingctx, dst, di, src, si):
-    """dst[di:di + 16] = src[si:si + 16] (float32), as one 64-byte store that
+    """dst[di:di + 16] = src[si:si + 16] (1-D float32), as one 64-byte store that
     bypasses the caches (LLVM's !nontemporal: ``vmovntps``). dst[di] must be
     64-byte aligned."""
+    if not (_is_float32_c_array(dst) and _is_float32_c_array(src)
+            and dst.ndim == 1 and src.ndim == 1):
+        return None  # a typing error: 16 float32s are all this copies
+
     def codegen(context, builder, signature, args):
         vec = ir.VectorType(ir.FloatType(), 16)
         dst_ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -370,7 +378,19 @@ def _copy16_streaming(typingctx, dst, di, src, si):
     return types.void(dst, di, src, si), codegen
 
 
-_STREAM_CHUNK = 256  # weights per piece of the streaming update (the scratch rows' length)
+@intrinsic
+def _store_fence(typingctx):
+    """SFENCE: streaming stores are weakly ordered, so they are fenced before
+    the other thread may read the weights they wrote."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+STREAM_CHUNK = 256  # weights per piece of the streaming update: the scratch rows' length
 
 
 @njit(cache=True, error_model="numpy")
@@ -383,21 +403,22 @@ def _adam_streaming(wf, gf, mf, vf, head, scratch, beta1, c1, beta2, c2, eps, de
     plainly. (Not inlined into the step: that made the first run, which compiles
     it, peak ~6 MiB higher.)"""
     total = wf.size
-    c0 = 0
-    while c0 < total:
-        aligned = c0 >= head
-        c1_ = min(total, c0 + _STREAM_CHUNK if aligned else head)
-        wc, gc, mc, vc = wf[c0:c1_], gf[c0:c1_], mf[c0:c1_], vf[c0:c1_]
-        for e in range(c1_ - c0):
+    start = 0
+    while start < total:
+        on_boundary = start >= head
+        stop = min(total, (start + STREAM_CHUNK) if on_boundary else head)
+        wc, gc, mc, vc = wf[start:stop], gf[start:stop], mf[start:stop], vf[start:stop]
+        for e in range(stop - start):
             scratch[e], mc[e], vc[e] = _adam_element(wc[e], gc[e], mc[e], vc[e], beta1, c1, beta2,
                                                      c2, eps, decay, step_size, inv_sqrt_bc2,
                                                      flush, zero)
-        whole = (c1_ - c0) // 16 * 16 if aligned else 0
+        whole = (stop - start) // 16 * 16 if on_boundary else 0
         for q in range(0, whole, 16):
             _copy16_streaming(wc, q, scratch, q)
-        for q in range(whole, c1_ - c0):
+        for q in range(whole, stop - start):
             wc[q] = scratch[q]
-        c0 = c1_
+        start = stop
+    _store_fence()
 
 
 @njit(cache=True, error_model="numpy")
@@ -459,8 +480,10 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
             # 1-D slices starting at 0: Numba then vectorises the loop.
             wf, gf = w.reshape(-1)[e0:e1], gw.reshape(-1)[e0:e1]
             mf, vf = mw.reshape(-1)[e0:e1], vw.reshape(-1)[e0:e1]
-            if streaming:
-                head = (-_address(w, i0, 0)) % 64 // 4  # float32s before a 64-byte boundary
+            address = _address(w, i0, 0)
+            # (A float32 array not on a 4-byte boundary never gets here: for_run refuses it.)
+            if streaming and address % 4 == 0:
+                head = (-address) % 64 // 4  # float32s before a 64-byte boundary
                 _adam_streaming(wf, gf, mf, vf, head, scratch[t], beta1, c1, beta2, c2, eps,
                                 decay, step_size, inv_sqrt_bc2, flush, zero)
             else:
@@ -500,10 +523,12 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     loops only hand out the shares: the passes are ordinary functions (which
     keeps Numba's compile of this one short).
 
-    ``streaming`` (with ``scratch``, a (threads, 256) float32 array) writes the
-    new weights with streaming stores, which bypass the caches: the same values,
-    but each core's copy of the weights the other core updated is dropped at once
-    instead of when the other core writes them. On this VM, in its slow phases
+    ``streaming`` (with ``scratch``, a (threads, STREAM_CHUNK) float32 array)
+    writes the new weights with streaming stores, which bypass the caches: the same
+    values, but no read for ownership before the write, and the new weights go to
+    memory instead of staying modified in the writing core's cache, from where
+    the other core's next forward pass would have to fetch them core to core.
+    On this VM, in its slow phases
     (minutes long; its two vCPUs then seem to sit far apart), a step of the
     reference model took 1.54 ms with plain stores and 1.14 ms with streaming ones;
     in its fast phases streaming cost 3% (0.93 against 0.90 ms;
@@ -512,6 +537,8 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     """
     n = idx.shape[0]
     inv_n = coef.dtype.type(1.0 / n)
+    # Each thread's scratch row must hold a piece: with too small a scratch, plain stores.
+    streaming = streaming and scratch.shape[0] >= threads and scratch.shape[1] >= STREAM_CHUNK
     for t in prange(threads):
         r0 = t * n // threads
         r1 = (t + 1) * n // threads
