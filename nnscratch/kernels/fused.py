@@ -481,7 +481,8 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
             wf, gf = w.reshape(-1)[e0:e1], gw.reshape(-1)[e0:e1]
             mf, vf = mw.reshape(-1)[e0:e1], vw.reshape(-1)[e0:e1]
             address = _address(w, i0, 0)
-            # (A float32 array not on a 4-byte boundary never gets here: for_run refuses it.)
+            # ThreadedStep.for_run refuses float32 arrays off a 4-byte boundary; a direct
+            # caller's such arrays get plain stores here instead of a faulting streaming store.
             if streaming and address % 4 == 0:
                 head = (-address) % 64 // 4  # float32s before a 64-byte boundary
                 _adam_streaming(wf, gf, mf, vf, head, scratch[t], beta1, c1, beta2, c2, eps,
@@ -528,12 +529,11 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     values, but no read for ownership before the write, and the new weights go to
     memory instead of staying modified in the writing core's cache, from where
     the other core's next forward pass would have to fetch them core to core.
-    On this VM, in its slow phases
-    (minutes long; its two vCPUs then seem to sit far apart), a step of the
-    reference model took 1.54 ms with plain stores and 1.14 ms with streaming ones;
-    in its fast phases streaming cost 3% (0.93 against 0.90 ms;
-    ``docs/runs/bench/streaming-stores.txt``). ``ThreadedStep`` times both and
-    picks (``threaded.StoreChooser``).
+    On this VM, in its slow phases (minutes long; its two vCPUs then seem to sit
+    far apart), a step of the reference model took 1.54 ms with plain stores and
+    1.14 ms with streaming ones; in its fast phases streaming cost 3% (0.93
+    against 0.90 ms; ``docs/runs/bench/streaming-stores.txt``). ``ThreadedStep``
+    times both and picks (``threaded.StoreChooser``).
     """
     n = idx.shape[0]
     inv_n = coef.dtype.type(1.0 / n)
