@@ -37,7 +37,7 @@ def off16_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 def hot_offsets(trainer: nn.Trainer) -> list[int]:
     plan = trainer._threaded
-    acts, deltas, _ = plan._buffers_for(BATCH)
+    acts, deltas, *_ = plan._buffers_for(BATCH)
     arrays = [a for k in ("weights", "wgrads", "wm", "wv", "biases", "bgrads", "bm", "bv")
               for a in getattr(plan, k)] + list(acts[1:]) + list(deltas)
     return sorted({a.ctypes.data % 64 for a in arrays})

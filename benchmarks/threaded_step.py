@@ -9,8 +9,9 @@ the same phases of the machine:
   floor     the 8 matrix products of a step (np.matmul into preallocated
             outputs, OpenBLAS on its 2 threads): the harness's GEMM floor
   split     the same 8 products, split between Numba's threads the way the
-            threaded step splits them (single-threaded sgemm calls; batch rows
-            in pass 1, rows of dW in pass 2), and nothing else
+            threaded step splits them (single-threaded sgemm calls; the first
+            layer's inputs in pass 0, batch rows in pass 1, rows of dW in pass
+            2), and nothing else (not even the sum of the first layer's pieces)
   threaded  the whole threaded step (``Trainer._step``: the same products plus
             gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, Python)
   layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
@@ -33,21 +34,24 @@ from numba import njit, prange
 import nnscratch as nn
 from nnscratch import blas
 from nnscratch.datasets import load_fashion_mnist
-from nnscratch.kernels.fused import _NO_TRANS, _TRANS, _address, _sgemm
+from nnscratch.kernels.fused import _NO_TRANS, _TRANS, _address, _input_share, _sgemm
 from nnscratch.threaded import ThreadedStep
 
 BATCH = 128
 
 
 @njit(parallel=True, cache=True)
-def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2, g3):
+def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2, g3, partials):
     """The step's 8 products, shared out as ``kernels.fused.train_step`` shares them."""
     n = x.shape[0]
     for t in prange(threads):
+        c0, c1 = _input_share(t, threads, 784), _input_share(t + 1, threads, 784)
+        out = h1 if t == 0 else partials[t - 1]
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, n, 256, c1 - c0, _address(x, 0, c0), 784,
+               _address(w1, c0, 0), 256, _address(out, 0, 0), 256)
+    for t in prange(threads):
         r0, r1 = t * n // threads, (t + 1) * n // threads
         m = r1 - r0
-        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, m, 256, 784, _address(x, r0, 0), 784,
-               _address(w1, 0, 0), 256, _address(h1, r0, 0), 256)
         _sgemm(sgemm, _NO_TRANS, _NO_TRANS, m, 128, 256, _address(h1, r0, 0), 256,
                _address(w2, 0, 0), 128, _address(h2, r0, 0), 128)
         _sgemm(sgemm, _NO_TRANS, _NO_TRANS, m, 10, 128, _address(h2, r0, 0), 128,
@@ -59,7 +63,10 @@ def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2
     for t in prange(threads):
         for a, dz, g, k_in, k_out in ((x, d1, g1, 784, 256), (h1, d2, g2, 256, 128),
                                       (h2, logits, g3, 128, 10)):
-            i0, i1 = t * k_in // threads, (t + 1) * k_in // threads
+            if k_in == 784:  # the first layer: the rows whose inputs this thread had
+                i0, i1 = _input_share(t, threads, k_in), _input_share(t + 1, threads, k_in)
+            else:
+                i0, i1 = t * k_in // threads, (t + 1) * k_in // threads
             _sgemm(sgemm, _TRANS, _NO_TRANS, i1 - i0, k_out, n, _address(a, 0, i0), k_in,
                    _address(dz, 0, 0), k_out, _address(g, i0, 0), k_out)
 
@@ -84,8 +91,9 @@ def main() -> None:
     shapes = [(BATCH, 256), (BATCH, 128), (BATCH, 10), (BATCH, 128), (BATCH, 256),
               (784, 256), (256, 128), (128, 10)]
     outs = [np.zeros(s, np.float32) for s in shapes]
-    perm = np.random.default_rng(0).permutation(len(x))
     threads = numba.get_num_threads()
+    partials = np.zeros((threads - 1, BATCH, 256), np.float32)
+    perm = np.random.default_rng(0).permutation(len(x))
 
     def batch(k: int) -> np.ndarray:
         start = (k * BATCH) % (len(images) - BATCH)
@@ -104,7 +112,7 @@ def main() -> None:
         np.matmul(xb.T, d1, out=g1)
 
     def split(k: int) -> None:
-        split_products(blas.SGEMM, threads, batch(k), *weights, *outs)
+        split_products(blas.SGEMM, threads, batch(k), *weights, *outs, partials)
 
     def step(k: int) -> None:
         trainer._step(perm[(k % (len(x) // BATCH)) * BATCH:][:BATCH])

@@ -198,13 +198,16 @@ class ThreadedStep:
         self._last_n, self._last = -1, ()
 
     def _buffers_for(self, n: int) -> tuple:
-        """(activations, deltas, per-row losses) for batches of n rows, made on first use."""
+        """(activations, deltas, per-row losses, the first layer's partial products)
+        for batches of n rows, made on first use."""
         if n != self._last_n:
             def buf(name: str, cols: int, dtype=np.float32) -> np.ndarray:
                 return reuse_buffer(self._buffers, name, (n, cols), dtype)
             acts = tuple(buf(f"a{i}", w) for i, w in enumerate(self.widths))
             deltas = tuple(buf(f"d{i}", w) for i, w in enumerate(self.widths[1:]))
-            self._last = (acts, deltas, buf("loss", 2, np.float64).reshape(-1))
+            partials = reuse_buffer(self._buffers, "partials",
+                                    (self.threads - 1, n, self.widths[1]), np.float32)
+            self._last = (acts, deltas, buf("loss", 2, np.float64).reshape(-1), partials)
             self._last_n = n
         return self._last
 
@@ -226,7 +229,7 @@ class ThreadedStep:
         opt.lr = lr
         opt.step_count += 1
         coef = opt._coefficients(np.dtype(np.float32))
-        acts, deltas, row_loss = self._buffers_for(len(idx))
+        acts, deltas, row_loss, partials = self._buffers_for(len(idx))
         src = x.reshape(len(x), -1)
         scale = np.float32(1 / 255 if x.dtype == np.uint8 else 1)
         streaming = self.stores.next()
@@ -234,6 +237,7 @@ class ThreadedStep:
         loss, correct = kernels.train_step(
             blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
             acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
-            self.keys, self.thresholds, self.scales, coef, row_loss, self.scratch, streaming)
+            self.keys, self.thresholds, self.scales, coef, row_loss, self.scratch, streaming,
+            partials)
         self.stores.record(streaming, time.perf_counter() - started, len(idx))
         return float(loss), int(correct)

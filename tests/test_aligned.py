@@ -84,5 +84,6 @@ def test_the_training_buffers_are_aligned(monkeypatch):
     assert layer_buffers and all(_offset(b) == 0 for b in layer_buffers)
     plan = ThreadedStep(model, trainer.optimizer, [model.layers[1], model.layers[4], model.layers[6]],
                         [model.layers[3], None], 2, [12, 9, 5, 3])
-    acts, deltas, row_loss = plan._buffers_for(16)
-    assert all(_offset(a) == 0 for a in acts + deltas + (row_loss,))
+    acts, deltas, row_loss, partials = plan._buffers_for(16)
+    assert partials.shape == (1, 16, 9)
+    assert all(_offset(a) == 0 for a in acts + deltas + (row_loss, partials))

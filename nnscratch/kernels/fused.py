@@ -286,7 +286,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 
 # ---- the whole training step, on Numba's threads ---------------------------------
 #
-# One whole training step of an MLP in two parallel passes over Numba's threads.
+# One whole training step of an MLP in three parallel passes over Numba's threads.
 #
 # Read ``reference.train_step`` first: it computes the same step in plain NumPy
 # with the twin kernels. The network is Dense -> ReLU [-> Dropout] blocks and a
@@ -295,21 +295,34 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 # threads are held at one meanwhile, ``blas.one_thread``) and does the
 # elementwise work on the same share while it is still in cache:
 #
-#     pass 1, rows r0:r1 of the batch (thread t of T; no thread waits for another)
-#         gather + scale the rows;  then for each layer  z = a @ W  (BLAS),
-#         a' = relu(z + b) * dropout mask (last layer: z + b);  loss, dL/dlogits and
-#         argmax of the rows;  then down the layers  da = dz @ W^T  (BLAS),
-#         dz_below = da * s where a > 0 else 0
-#     pass 2, rows i0:i1 of every layer's W (all rows of the batch are ready)
+#     pass 0, input columns c0:c1 (thread t of T)
+#         gather + scale those columns of the batch's rows;  the first layer's
+#         partial product  P_t = a0[:, c0:c1] @ W0[c0:c1]  (BLAS)
+#     pass 1, rows r0:r1 of the batch (all partial products are ready)
+#         z0 = P_0 + ... + P_{T-1};  then for each layer  z = a @ W  (BLAS; the first
+#         layer's is z0), a' = relu(z + b) * dropout mask (last layer: z + b);  loss,
+#         dL/dlogits and argmax of the rows;  then down the layers  da = dz @ W^T
+#         (BLAS),  dz_below = da * s where a > 0 else 0
+#     pass 2, rows i0:i1 of every layer's W (all rows of the batch are ready; for
+#     the first layer i0:i1 = c0:c1)
 #         dW[i0:i1] = a[:, i0:i1]^T @ dz  (BLAS),  then Adam on W[i0:i1] while
 #         dW[i0:i1] is in cache;  and for columns j0:j1, db = sum_n dz, Adam on b
+#
+# Why the first layer is split by its input columns in pass 0: then each thread
+# reads only the rows of W0 that it updated itself in the previous step's pass
+# 2 (they stay in its own cache; the largest matrix never travels between
+# cores), and the batch's gather is still shared out, each thread fetching its
+# columns of every row. The price is the partial sums, 2 x 128 x 256 floats
+# against W0's 784 x 256 for the reference model (measured: the step took
+# ~0.96x the time of the row split; see ``docs/runs/bench/``).
 #
 # Every value is computed by the same formula, in the same order, as the
 # one-thread path (the fused blocks, the loss kernel, Adam); only BLAS may round
 # differently, since OpenBLAS picks its kernels by matrix size and here gets
-# halves of each product, so runs agree with the layer-by-layer ones to float32
-# rounding, not bit for bit (tests hold them close). For a given number of
-# threads a run is reproducible. Why the threads are our own and not
+# pieces of each product, and the first layer's product is summed from T pieces,
+# so runs agree with the layer-by-layer ones to float32 rounding, not bit for
+# bit (tests hold them close). For a given number of threads a run is
+# reproducible. Why the threads are our own and not
 # OpenBLAS's: OpenBLAS's idle worker keeps spinning on the second core after each
 # product, slowing the one-thread elementwise passes in between; here both cores
 # do both kinds of work, and Adam runs on both.
@@ -421,18 +434,68 @@ def _adam_streaming(wf, gf, mf, vf, head, scratch, beta1, c1, beta2, c2, eps, de
     _store_fence()
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _input_share(t, threads, k):
+    """Where thread t's input columns (the first layer's rows of W) begin, for k
+    columns: whole 16-column pieces, so that no cache line of the float32 batch
+    is written by two threads."""
+    pieces = (k + 15) // 16
+    return min(k, t * pieces // threads * 16)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _gather_columns(src, idx, scale, out, c0, c1):
+    """out[:, c0:c1] = src[idx, c0:c1] * scale (``_gather_rows`` on a band of columns)."""
+    step = max(1, 64 // src.itemsize)  # one prefetch hint per 64-byte line
+    n = out.shape[0]
+    for i in range(n):
+        if i + _PREFETCH_ROWS < n:
+            ahead = idx[i + _PREFETCH_ROWS]
+            for j in range(c0, c1, step):
+                _prefetch(src, ahead, j)
+        row_in, row_out = src[idx[i], c0:c1], out[i, c0:c1]
+        for j in range(c1 - c0):
+            row_out[j] = row_in[j] * scale
+
+
 @njit(cache=True, error_model="numpy")
-def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys, thresholds,
-               scales, row_loss, inv_n):
-    """Pass 1 for batch rows r0:r1: gather, forward, loss, and dz of every layer."""
+def _inputs_pass(sgemm, t, threads, src, idx, scale, acts, weights, partials):
+    """Pass 0 for thread t: its input columns of the batch, and its partial
+    product of the first layer, into acts[1] (thread 0) or partials[t - 1]."""
+    a, w = acts[0], weights[0]
+    n = a.shape[0]
+    k_in, k_out = w.shape
+    c0, c1 = _input_share(t, threads, k_in), _input_share(t + 1, threads, k_in)
+    out = acts[1] if t == 0 else partials[t - 1]
+    if c1 > c0:
+        _gather_columns(src, idx, scale, a, c0, c1)
+        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, n, k_out, c1 - c0, _address(a, 0, c0), k_in,
+               _address(w, c0, 0), k_out, _address(out, 0, 0), k_out)
+    else:  # no columns: a zero partial (BLAS is not asked for a product over k = 0)
+        for i in range(n):
+            row = out[i]
+            for j in range(k_out):
+                row[j] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def _rows_pass(sgemm, r0, r1, idx, y, weights, biases, acts, deltas, keys, thresholds,
+               scales, row_loss, inv_n, partials):
+    """Pass 1 for batch rows r0:r1: the first layer's sum, forward, loss, and dz of every layer."""
     n, rows, layers = idx.shape[0], r1 - r0, len(weights)
     zero = inv_n - inv_n
-    _gather_rows(src, idx, scale, acts[0], r0, r1)
     for layer in range(layers):
         a, z, w, b = acts[layer], acts[layer + 1], weights[layer], biases[layer]
         k_in, k_out = w.shape
-        _sgemm(sgemm, _NO_TRANS, _NO_TRANS, rows, k_out, k_in, _address(a, r0, 0), k_in,
-               _address(w, 0, 0), k_out, _address(z, r0, 0), k_out)
+        if layer == 0:  # thread 0's partial product is already in z; add the others'
+            for p in range(partials.shape[0]):
+                for i in range(r0, r1):
+                    z_row, p_row = z[i], partials[p, i]
+                    for j in range(k_out):
+                        z_row[j] += p_row[j]
+        else:
+            _sgemm(sgemm, _NO_TRANS, _NO_TRANS, rows, k_out, k_in, _address(a, r0, 0), k_in,
+                   _address(w, 0, 0), k_out, _address(z, r0, 0), k_out)
         # In place, on these rows, by the blocks' own per-element code (and mask).
         if layer == layers - 1:  # the logits
             _bias_rows(z, b, z, r0, r1)
@@ -459,7 +522,9 @@ def _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas,
 @njit(cache=True, error_model="numpy")
 def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv, bm, bv,
                   coef, scratch, streaming):
-    """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases."""
+    """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases.
+    Streaming stores (if ``streaming``) for every layer's weights but the first:
+    thread t alone reads its rows of W0 (pass 0), so they had better stay in its cache."""
     beta1, c1, beta2, c2, eps, decay, step_size, inv_sqrt_bc2, flush = (
         coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7], coef[8])
     zero = flush - flush
@@ -471,8 +536,10 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
         k_in, k_out = w.shape
         # Rows i0:i1 of W: one contiguous block of W, its gradient and moments,
         # which Adam then streams through while the gradient block is in cache.
-        i0 = t * k_in // threads
-        i1 = (t + 1) * k_in // threads
+        if layer == 0:  # the rows whose columns of the batch this thread gathered
+            i0, i1 = _input_share(t, threads, k_in), _input_share(t + 1, threads, k_in)
+        else:
+            i0, i1 = t * k_in // threads, (t + 1) * k_in // threads
         if i1 > i0:
             _sgemm(sgemm, _TRANS, _NO_TRANS, i1 - i0, k_out, n, _address(a, 0, i0), k_in,
                    _address(dz, 0, 0), k_out, _address(gw, i0, 0), k_out)
@@ -483,7 +550,7 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
             address = _address(w, i0, 0)
             # ThreadedStep.for_run refuses float32 arrays off a 4-byte boundary; a direct
             # caller's such arrays get plain stores here instead of a faulting streaming store.
-            if streaming and address % 4 == 0:
+            if streaming and layer > 0 and address % 4 == 0:
                 head = (-address) % 64 // 4  # float32s before a 64-byte boundary
                 _adam_streaming(wf, gf, mf, vf, head, scratch[t], beta1, c1, beta2, c2, eps,
                                 decay, step_size, inv_sqrt_bc2, flush, zero)
@@ -513,7 +580,8 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
-               wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss, scratch, streaming):
+               wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss, scratch, streaming,
+               partials):
     """One step; returns (mean loss, number of correct argmax predictions).
 
     ``acts`` = (batch, a_1, ..., logits) and ``deltas`` = (dz_0, ..., dlogits) are
@@ -533,18 +601,28 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     far apart), a step of the reference model took 1.54 ms with plain stores and
     1.14 ms with streaming ones; in its fast phases streaming cost 3% (0.93
     against 0.90 ms; ``docs/runs/bench/streaming-stores.txt``). ``ThreadedStep``
-    times both and picks (``threaded.StoreChooser``).
+    times both and picks (``threaded.StoreChooser``). The first layer's weights
+    never stream (see ``_weights_pass``).
+
+    ``partials`` is a (threads - 1, N, width of the first layer's output) float32
+    array: the first layer's partial products of threads 1.. (pass 0).
     """
     n = idx.shape[0]
+    if partials.shape[0] < threads - 1 or partials.shape[1] < n or (
+            partials.shape[2] != weights[0].shape[1]):
+        raise ValueError("train_step: partials must be (threads - 1, N, first layer's width)")
+    partials = partials[:threads - 1]  # (a larger one's other entries are not this step's)
     inv_n = coef.dtype.type(1.0 / n)
     # Each thread's scratch row must hold a piece: with too small a scratch, plain stores.
     streaming = streaming and scratch.shape[0] >= threads and scratch.shape[1] >= STREAM_CHUNK
     for t in prange(threads):
+        _inputs_pass(sgemm, t, threads, src, idx, scale, acts, weights, partials)
+    for t in prange(threads):
         r0 = t * n // threads
         r1 = (t + 1) * n // threads
         if r1 > r0:
-            _rows_pass(sgemm, r0, r1, src, idx, scale, y, weights, biases, acts, deltas, keys,
-                       thresholds, scales, row_loss, inv_n)
+            _rows_pass(sgemm, r0, r1, idx, y, weights, biases, acts, deltas, keys, thresholds,
+                       scales, row_loss, inv_n, partials)
     for t in prange(threads):
         _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv,
                       bm, bv, coef, scratch, streaming)
