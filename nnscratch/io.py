@@ -135,7 +135,17 @@ def read_npz(path: str | os.PathLike, format_name: str,
 def _read_archive(path: Path, archive: zipfile.ZipFile, format_name: str,
                   expected: Callable) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     members = {}
+    on_disk = path.stat().st_size
     for info in archive.infolist():
+        # ``atomic_write_npz`` stores entries uncompressed, so every entry's bytes
+        # are in the file: a small file cannot make this read gigabytes (a
+        # compressed entry can inflate 1000-fold).
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ModelFileError(path, f"entry {info.filename!r} is compressed; nnscratch writes "
+                                       "(and reads) only uncompressed .npz files")
+        if info.file_size > on_disk:
+            raise ModelFileError(path, f"entry {info.filename!r} claims {info.file_size} bytes, "
+                                       f"more than the whole file's {on_disk}")
         name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         members[name] = info
     meta_info = members.pop(META_KEY, None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnscratch import cli, datasets
+from nnscratch import Dense, Sequential, cli, datasets
 from nnscratch.checkpoint import load_checkpoint
 from nnscratch.datasets import DataError, load_fashion_mnist
 from nnscratch.images import ImageError, load_image
@@ -400,6 +400,41 @@ def test_huge_array_declared_consistently_but_without_data_fails_fast(tmp_path: 
     assert "'layers.0.weight' has 64 data bytes, expected 1024000000" in str(error)
     assert elapsed < 1.0
     assert peak < 50 * 2**20
+
+
+def test_a_compressed_model_file_is_refused_before_anything_is_inflated(tmp_path: Path) -> None:
+    """A DEFLATE-compressed .npz of a 4096 x 4096 model of zeros is ~70 KB on disk
+    and 64 MB inflated: nnscratch writes stored entries only, and refuses any
+    other kind before reading one (peak memory stays small)."""
+    model = Sequential(Dense(4096, 4096, rng=0), Dense(4096, 2, rng=0))
+    for p in model.parameters():
+        p.value[...] = 0
+    plain = tmp_path / "plain.npz"
+    save(model, plain)
+    packed = tmp_path / "packed.npz"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert packed.stat().st_size < plain.stat().st_size // 100
+    error, elapsed, peak = _load_measured(packed)
+    assert "is compressed" in str(error) and str(packed) in str(error)
+    assert peak < 10 * 2**20
+    assert load(plain).layers[0].params["weight"].shape == (4096, 4096)  # stored: fine
+
+
+def test_a_stored_entry_claiming_more_bytes_than_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    save(Sequential(Dense(3, 2, rng=0)), path)
+    data = bytearray(path.read_bytes())
+    # The central directory's uncompressed size of the first entry (offset 24 in
+    # its record), set far beyond the file's size.
+    cd = data.rfind(b"PK\x01\x02")
+    while data.rfind(b"PK\x01\x02", 0, cd) != -1:
+        cd = data.rfind(b"PK\x01\x02", 0, cd)
+    data[cd + 24:cd + 28] = struct.pack("<I", 2**31)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="more than the whole file's"):
+        load(path)
 
 
 def test_huge_meta_is_rejected_before_it_is_read(tmp_path: Path) -> None:
