@@ -134,8 +134,11 @@ class Adam:
             problems.append(f"lr must be a finite number >= 0, got {lr!r}")
         for key in ("m", "v"):
             for name in sorted(set(state.get(key, {})) & set(self.m)):
-                if not np.isfinite(np.asarray(state[key][name], dtype=np.float64)).all():
+                values = np.asarray(state[key][name], dtype=np.float64)
+                if not np.isfinite(values).all():
                     problems.append(f"{key}[{name!r}] holds NaN or infinite values")
+                elif key == "v" and (values < 0).any():  # a mean of squares: sqrt(v) needs v >= 0
+                    problems.append(f"v[{name!r}] holds negative values")
         if problems:
             raise ValueError("Adam.load_state_dict: " + "; ".join(problems))
         self.lr = float(state.get("lr", self.lr))

@@ -185,12 +185,15 @@ def test_adam_load_state_dict_wrong_shape_raises_and_changes_nothing():
     ({"eps": -1}, "eps must be a positive number"),
     ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0"),
     ({"m": "nan"}, "m['w'] holds NaN or infinite values"),
+    ({"v": "negative"}, "v['w'] holds negative values"),
 ])
 def test_adam_load_state_dict_applies_the_constructors_rules(changes, message):
     opt = Adam(_params(np.float64))
     state = opt.state_dict()
     if changes.get("m") == "nan":
         state["m"]["w"][0, 0] = np.nan
+    elif changes.get("v") == "negative":  # a mean of squares: sqrt(v) would be NaN
+        state["v"]["w"][0, 0] = -1.0
     else:
         state.update(changes)
     state["step"] = 3
