@@ -11,10 +11,11 @@ For a layer the scalar being differentiated is L = sum(forward(x) * G) with a
 fixed random G, so dL/dy = G is what ``backward`` receives. For a model it is
 the mean softmax cross-entropy of its logits. For each checked entry w:
 
-    numeric  = (L(w + h) - L(w - h)) / (2h)
+    numeric  = (L(w + s) - L(w - s)) / (2s),   s = h max(1, |w|)
     rel_err  = |analytic - numeric| / max(|analytic| + |numeric|, tiny, noise / tol)
 
-where noise = 16 eps max(|L|, 1) / h is the float64 rounding noise of a
+(2s being the step really taken: w + s is rounded to float64), where
+noise = 16 eps max(|L|, 1) / s is the float64 rounding noise of a
 difference quotient (eps = 2.2e-16): gradients smaller than noise / tol are
 judged against that floor, not against their own size.
 
@@ -119,7 +120,8 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
 
     Parameters must be float64 (build with ``dtype="float64"`` or
     ``Dense(..., dtype=np.float64)``). ``x`` is converted to float64 and
-    ``labels`` are required for a Sequential. Tensors with more than
+    ``labels`` are required for a Sequential. Each entry w is perturbed by
+    ``h * max(1, |w|)``. Tensors with more than
     ``max_entries`` entries are checked on that many random entries (drawn
     with ``seed``); biases are always checked in full. Returns a
     ``GradcheckResult`` (truthy when passed, ``.report()`` for the table).
@@ -237,23 +239,29 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
         # Index the tensor itself (not a reshape, which copies a non-contiguous
         # array) so the perturbation reaches the module whatever its layout.
         at = np.unravel_index(i, value.shape)
-        original = value[at]
-        values = []
-        for offset in (0, h, -h, h / 2, -h / 2):
+        original = float(value[at])
+        # The step grows with the entry (an absolute 1e-6 on an entry of 1e3 is
+        # below the precision that matters there), and the quotients divide by
+        # the steps really taken: original + step rounds to the nearest float64.
+        step = h * max(1.0, abs(original))
+        values, taken = [], []
+        for offset in (0.0, step, -step, step / 2, -step / 2):
             value[at] = original + offset
+            taken.append(abs(float(value[at]) - original))  # the step really taken
             values.append(objective())
         value[at] = original
         f0, f_plus, f_minus, f_half_plus, f_half_minus = values
+        _, up, down, up_half, down_half = taken
         # Rounding in float64 alone makes a difference quotient uncertain by
-        # about eps |f| / h; errors below that say nothing about the gradient.
-        noise = 16 * np.finfo(np.float64).eps * max(abs(f0), abs(f_plus), abs(f_minus), 1.0) / h
-        numeric = (f_plus - f_minus) / (2 * h)
-        numeric_half = (f_half_plus - f_half_minus) / h
+        # about eps |f| / step; errors below that say nothing about the gradient.
+        noise = 16 * np.finfo(np.float64).eps * max(abs(f0), abs(f_plus), abs(f_minus), 1.0) / step
+        numeric = (f_plus - f_minus) / (up + down)
+        numeric_half = (f_half_plus - f_half_minus) / (up_half + down_half)
         # Near a kink the estimate depends on the step: on a smooth function
         # the central differences at h and h/2 agree to O(h^2), and the gap
         # between the one-sided slopes halves with h; at a kink it does not.
-        gap = (f_plus - 2 * f0 + f_minus) / h
-        gap_half = (f_half_plus - 2 * f0 + f_half_minus) / (h / 2)
+        gap = (f_plus - f0) / up - (f0 - f_minus) / down
+        gap_half = (f_half_plus - f0) / up_half - (f0 - f_half_minus) / down_half
         if abs(numeric - numeric_half) > max(0.1 * tol * (abs(numeric) + abs(numeric_half)), 2 * noise) \
                 or (abs(gap) > 8 * noise and abs(gap_half) > 0.75 * abs(gap)):
             kinks += 1

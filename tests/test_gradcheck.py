@@ -119,6 +119,20 @@ def test_three_dense_network_with_relu_and_dropout_passes_gradcheck(n, fin, h1, 
             assert np.any(layer.grads["weight"] != 0)
 
 
+@pytest.mark.parametrize("scale", [1e3, 1e5, 1e-4])
+@pytest.mark.parametrize("seed", range(20))
+def test_dense_passes_gradcheck_with_inputs_far_from_unit_size(scale, seed):
+    # A fixed absolute step of 1e-6 on an entry of 1e3 is rounded (x + h is not
+    # x + h exactly), which once made a smooth linear layer look like a kink.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4)) * scale
+    layer = Dense(4, 3, dtype=np.float64, rng=seed)
+    layer.params["weight"][...] *= scale
+    result = gradcheck(layer, x)
+    _check_passed(result, {"input", "weight", "bias"})
+    assert all(c.skipped_kinks == 0 for c in result.checks), result.report()
+
+
 def test_gradcheck_of_model_leaves_parameters_unchanged():
     model = Sequential(Dense(4, 5), ReLU(), Dense(5, 3), seed=0, dtype="float64")
     before = model.state_dict()
