@@ -36,6 +36,16 @@ except KeyboardInterrupt:
     if _sys.argv and _os.path.basename(_sys.argv[0]) in ("nnscratch", "nnscratch.exe"):
         raise SystemExit(_interrupted()) from None
     raise
+except ImportError as _error:
+    # A bad NNSCRATCH_BACKEND is a setting, not a bug: the command (the console
+    # script, or `python -m nnscratch.cli`, whose argv[0] is "-m" while Python
+    # imports this package to find it) says so in one line. Programs get the error.
+    # (By name: the module that defines it failed to import.)
+    if type(_error).__qualname__ == "BackendError" and _sys.argv and (
+            _os.path.basename(_sys.argv[0]) in ("nnscratch", "nnscratch.exe", "-m")):
+        print(f"nnscratch: error: {_error}", file=_sys.stderr)
+        raise SystemExit(2) from None
+    raise
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,8 @@ format name ``nnscratch.checkpoint``. Arrays:
 and JSON metadata: the run's configuration, the architecture and dtype, the
 position (epoch, batch, and the optimizer step the run started from), running
 sums of the epoch in progress, the history, Adam's hyperparameters and step
-count, and the generator's state.
+count, the generator's state, and a SHA-256 of the training samples (so that a
+run is never resumed on another split).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def save_checkpoint(path: str | os.PathLike, trainer: Trainer, config: dict[str,
             "architecture": trainer.model.config(), "dtype": str(trainer.model.dtype),
             "n_train": len(state["perm"]), "optimizer": optimizer, "best": best,
             **{k: state[k] for k in ("epoch", "batch", "first_step", "loss_sum", "correct",
-                                     "seen", "elapsed", "history", "rng_state")}}
+                                     "seen", "elapsed", "history", "rng_state", "data_digest")}}
     atomic_write_npz(path, arrays, meta)
 
 
@@ -68,6 +69,9 @@ def _expected_arrays(meta: dict[str, Any], problems: list[str]) -> dict[str, tup
                       ("optimizer", dict), ("rng_state", dict)):
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             problems.append(f"metadata field {key!r} is missing or not a {kind.__name__}")
+    digest = meta.get("data_digest")  # absent from checkpoints written before it existed
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        problems.append(f"data_digest must be a SHA-256 in hex, got {digest!r}")
     if isinstance(meta.get("n_train"), int) and not 1 <= meta["n_train"] <= 1 << 31:
         problems.append(f"n_train {meta['n_train']} is out of range")
     before = len(problems)
@@ -102,6 +106,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         "perm": arrays["perm"], "best": best,
         # Checkpoints older than this field were all of runs that started at step 0.
         "first_step": meta.get("first_step", 0),
+        "data_digest": meta.get("data_digest"),
         **{k: meta[k] for k in ("epoch", "batch", "loss_sum", "correct", "seen",
                                 "elapsed", "history", "rng_state")},
     }

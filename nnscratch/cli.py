@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import platform
 import signal
@@ -34,6 +35,7 @@ from . import __version__, _interrupted
 from .atomic import atomic_write, remove_stale_temporaries
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
+from .checks import is_int, is_number
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
 from .images import ImageError, load_image, looks_blank
 from .io import MAX_PARAMETERS, ModelFileError, load, save
@@ -185,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="invert polarity: auto inverts images whose border is light (default auto)")
-    p.add_argument("--top", type=positive_int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--top", type=positive_int, default=3,
+                   help="classes to show per image, at most the model's (default 3)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
 
@@ -273,6 +276,9 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
         ckpt = args.resume / "checkpoint.npz" if args.resume.is_dir() else args.resume
         if not ckpt.exists():
             parser.error(f"--resume {args.resume}: no checkpoint.npz there")
+        if ckpt.name == "model.npz":
+            parser.error(f"--resume {args.resume}: that is a trained model, not a checkpoint; "
+                         f"give the run's folder or its checkpoint.npz")
         # normpath: "a/b/.." must be checked (and created) as "a", the place written to.
         out = Path(os.path.normpath(args.out)) if args.out is not None else ckpt.parent
         # Only a folder's own checkpoint.npz continues the run in that folder; any
@@ -283,6 +289,9 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
     if not args.augment and ("max_shift" in given or "flip" in given):
         parser.error("--max-shift and --flip shape the augmentation: add --augment to use them")
     config = dict(DEFAULTS, **given)
+    if config["schedule"] == "constant" and "warmup_epochs" in given:
+        parser.error("--warmup-epochs shapes the cosine schedule: it has no effect with "
+                     "--schedule constant")
     if config["val_size"] >= 60000:
         parser.error("--val-size must leave training images: use fewer than 60000")
     widths = [28 * 28, *config["hidden"], len(CLASS_NAMES)]
@@ -304,6 +313,11 @@ def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path) -> None:
     if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
         parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
                      "or choose another --out")
+    # A run writes these names; files of the same names are never overwritten.
+    taken = [n for n in RUN_FILES if (out / n).is_file()]
+    if taken:
+        parser.error(f"--out {out} already has {', '.join(taken)}, which a run would "
+                     "overwrite; choose another --out (or move them)")
     in_the_way = [n for n in RUN_FILES if (out / n).is_dir()]
     if in_the_way:
         parser.error(f"--out {out}: {', '.join(in_the_way)} would be written there but "
@@ -371,6 +385,29 @@ def _config_problems(config: dict[str, Any]) -> list[str]:
         problems.append(f"augment must be true or false, got {config.get('augment')!r}")
     if isinstance(config.get("val_size"), int) and config["val_size"] >= 60000:
         problems.append("val_size must leave training images (< 60000)")
+    return problems
+
+
+def _config_mismatches(config: dict[str, Any], meta: dict[str, Any], model: Sequential,
+                       trainer: Trainer) -> list[str]:
+    """Where a checkpoint's configuration disagrees with the state saved beside it.
+    (The trainer checks the rest: batch_size against the step count, seed and
+    val_size against the training samples' digest.)"""
+    problems = []
+    if meta.get("architecture") != json.loads(json.dumps(model.config())):
+        problems.append("hidden or dropout differ from the saved model's layers")
+    saved = meta.get("optimizer", {})
+    for key, option in (("initial_lr", "lr"), ("weight_decay", "weight_decay")):
+        if saved.get(key) != config[option]:
+            problems.append(f"{option} is {config[option]!r}, the saved optimizer's "
+                            f"{saved.get(key)!r}")
+    steps = saved.get("step", 0) - meta.get("first_step", 0)
+    if not problems and is_number(saved.get("lr")) and is_int(steps) and (
+            1 <= steps <= trainer.epochs * trainer.steps_per_epoch):
+        expected = trainer.schedule(steps)  # the rate the last step took
+        if not math.isclose(saved["lr"], expected, rel_tol=1e-9, abs_tol=1e-15):
+            problems.append(f"the last step's learning rate {saved['lr']!r} is not what "
+                            f"schedule, warmup_epochs, epochs and lr give ({expected!r})")
     return problems
 
 
@@ -547,6 +584,10 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
                                           verbose=0 if args.quiet else 1,
                                           on_epoch_end=on_epoch_end)
     if meta is not None:
+        problems = _config_mismatches(config, meta, model, trainer)
+        if problems:
+            raise CLIError(f"{ckpt}: its saved configuration does not match its saved state "
+                           f"(edited by hand?): {'; '.join(problems)}")
         try:
             trainer.load_state_dict(meta["trainer_state"])
         except (ValueError, TypeError, KeyError) as exc:
@@ -746,6 +787,8 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     model = load(args.model)
     if model.in_features != 784:
         raise CLIError(f"{args.model}: the model takes {model.in_features} inputs, not 28x28 images")
+    if args.top > model.num_classes:
+        parser.error(f"--top {args.top}: {args.model} knows only {model.num_classes} classes")
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     results, failed = [], 0
     for path in args.images:

@@ -3,6 +3,7 @@ needed to stop at any step and resume bit-identically."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         # Reused per-step buffer for the batch's labels.
         self._yb = np.empty(self.batch_size, np.intp)
+        self._digest: str | None = None  # of the training data, made on first use
         self._threaded: ThreadedStep | None = None  # set by run() when the run qualifies
 
     def _state_problems(self, state: Any) -> list[str]:
@@ -135,6 +137,17 @@ class Trainer:
         if not is_int(state["first_step"]) or not is_int(steps) or not 0 <= state["first_step"] <= steps:
             problems.append(f"first_step must be an integer between 0 and the optimizer's step "
                             f"count, got {state['first_step']!r}")
+        elif is_int(epoch) and is_int(batch) and (
+                steps != state["first_step"] + epoch * self.steps_per_epoch + batch):
+            # Every step of the run so far advanced the optimizer once.
+            problems.append(
+                f"the optimizer took {steps - state['first_step']} steps in this run, but epoch "
+                f"{epoch} and batch {batch} at {self.steps_per_epoch} batches per epoch make "
+                f"{epoch * self.steps_per_epoch + batch} (was batch_size changed?)")
+        digest = state.get("data_digest")  # absent from states saved before it existed
+        if digest is not None and perm.shape == (len(self.x),) and digest != self.data_digest():
+            problems.append("the state was saved on other training samples or labels (a "
+                            "different train/validation split: was the seed changed?)")
         seen, correct = state["seen"], state["correct"]
         if not is_int(seen) or not 0 <= seen <= len(self.x) or not is_int(correct) \
                 or not 0 <= correct <= seen:
@@ -159,6 +172,19 @@ class Trainer:
             problems.append("best must be empty or hold the epoch, val_accuracy and weights "
                             "(shaped like the model's) of the best epoch")
         return problems
+
+    def data_digest(self) -> str:
+        """SHA-256 of the training images and labels, in order: a checkpoint
+        records it, so that a state is never resumed on other samples (e.g. a
+        different train/validation split)."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            h.update(repr((self.x.shape, self.x.dtype.str, self.y.dtype.str)).encode())
+            for start in range(0, len(self.x), 4096):  # in pieces: never a whole copy
+                h.update(np.ascontiguousarray(self.x[start:start + 4096]).data)
+            h.update(np.ascontiguousarray(self.y).data)
+            self._digest = h.hexdigest()
+        return self._digest
 
     def _history_keys(self) -> list[str]:
         keys = ["loss", "accuracy"]
@@ -316,6 +342,7 @@ class Trainer:
             "history": {k: list(v) for k, v in self.history.items()},
             "best": None if self.best is None else dict(self.best),
             "rng_state": self.model.rng.bit_generator.state,
+            "data_digest": self.data_digest(),
             "optimizer": self.optimizer.state_dict(copy),
             "model": self.model.state_dict(copy),
         }

@@ -345,6 +345,40 @@ def test_checkpoint_from_another_training_set_does_not_fit(tmp_path: Path) -> No
         other.load_state_dict(meta["trainer_state"])
 
 
+def test_a_state_saved_on_other_samples_of_the_same_count_does_not_fit(tmp_path: Path) -> None:
+    path, _, config = _checkpoint(tmp_path)
+    _, meta = load_checkpoint(path)
+    assert meta["data_digest"] == build(config).data_digest()
+    swapped = build(config)
+    swapped.y = swapped.y[::-1].copy()  # the same images and count, other labels in order
+    swapped._digest = None
+    with pytest.raises(ValueError, match="other training samples or labels"):
+        swapped.load_state_dict(meta["trainer_state"])
+    build(config).load_state_dict(meta["trainer_state"])  # the same data: fits
+
+
+@pytest.mark.parametrize("key, value", [("warmup_epochs", 2.0), ("epochs", EPOCHS + 1),
+                                        ("schedule", "constant")])
+def test_the_command_line_finds_a_schedule_edited_mid_run(tmp_path: Path, key, value) -> None:
+    from nnscratch.cli import _config_mismatches
+    path, _, config = _checkpoint(tmp_path)  # mid-run, in the cosine part of the schedule
+    _, meta = load_checkpoint(path)
+    trainer = build(config)
+    assert _config_mismatches(config, meta, trainer.model, trainer) == []
+    edited = dict(config, **{key: value})
+    trainer = build(edited)
+    problems = _config_mismatches(edited, meta, trainer.model, trainer)
+    assert len(problems) == 1 and "learning rate" in problems[0], problems
+
+
+def test_a_checkpoint_from_before_the_data_digest_still_resumes(tmp_path: Path) -> None:
+    path, _, config = _checkpoint(tmp_path)
+    _rewrite(path, edit_meta=lambda meta: meta.pop("data_digest"))
+    _, meta = load_checkpoint(path)
+    assert meta["trainer_state"]["data_digest"] is None
+    build(config).load_state_dict(meta["trainer_state"])
+
+
 def test_a_run_with_a_reused_optimizer_records_where_its_schedule_starts(tmp_path: Path) -> None:
     config = make_config(earlier_fit_epochs=2)
     trainer = build(config, ("step", 2 * STEPS + 3))
@@ -409,6 +443,8 @@ def test_checkpoint_written_from_live_arrays_holds_the_state_at_saving(tmp_path:
     (lambda s: s["optimizer"].update(betas=[1.5, 0.9]), "optimizer or generator state does not fit"),
     (lambda s: s.update(rng_state={"bit_generator": "nonsense"}), "does not fit"),
     (lambda s: s["rng_state"]["state"].update(state=-1), "does not fit"),  # numpy: OverflowError
+    (lambda s: s["optimizer"].update(step=s["optimizer"]["step"] + 1), "was batch_size changed"),
+    (lambda s: s.update(data_digest="0" * 64), "other training samples or labels"),
 ])
 def test_a_hand_edited_trainer_state_is_refused_and_changes_nothing(edit, message):
     rng = np.random.default_rng(0)

@@ -210,6 +210,39 @@ def test_resume_with_an_invalid_saved_configuration_is_a_one_line_error(
     assert not (out / "model.npz").exists()
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("seed", 7, "other training samples"),
+    ("batch_size", 256, "was batch_size changed"),
+    ("lr", 0.01, "lr is 0.01, the saved optimizer's 0.001"),
+    ("weight_decay", 0.1, "weight_decay is 0.1"),
+    ("dropout", 0.5, "hidden or dropout differ"),
+    ("hidden", [256], "hidden or dropout differ"),
+    ("epochs", 5, "learning rate"),
+    ("schedule", "constant", "learning rate"),
+    # (warmup_epochs: the last rate of a finished cosine run is 0 whatever the
+    # warm-up; test_checkpoint.py checks it mid-run.)
+])
+def test_resume_with_a_valid_but_edited_saved_configuration_is_refused(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture, key: str, value,
+        message: str) -> None:
+    """Values that pass every check on their own but do not match the state saved
+    with them: resuming would continue a different run than the one saved."""
+    meta, arrays = helpers.read_npz_plain(reference / "checkpoint.npz")
+    meta.pop("arrays")
+    assert meta["config"][key] != value
+    meta["config"][key] = value
+    out = tmp_path / "run"
+    out.mkdir()
+    checkpoint = helpers.write_model_file(out / "checkpoint.npz", meta, arrays)
+    code = cli.main(["train", "--resume", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(checkpoint) in lines[0] and message in lines[0], lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz"]
+
+
 def _one_line_failure(capsys: pytest.CaptureFixture, argv: list[str], command: str) -> str:
     try:
         code = cli.main(argv)

@@ -52,6 +52,10 @@ def model_file(tmp_path: Path) -> Path:
     (["evaluate", "{model}", "--confusion-matrix", "pp/.png"], "file name ending in .png"),
     (["evaluate", "{model}", "--confusion-matrix", "out.png/"], "file name ending in .png"),
     (["evaluate", "{model}", "--confusion-matrix", "{dir}/taken.png"], "is a directory, expected a file"),
+    (["train", "--schedule", "constant", "--warmup-epochs", "2"],
+     "--warmup-epochs shapes the cosine schedule"),
+    (["train", "--resume", "{model}"], "that is a trained model, not a checkpoint"),
+    (["predict", "{model}", "any.png", "--top", "11"], "knows only 10 classes"),
 ])
 def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
@@ -61,6 +65,39 @@ def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, 
     assert exit_status(argv) == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "taken.png"]  # nothing new
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "confusion_matrix.png", "training_curves.png",
+                                  "misclassified.png"])
+def test_an_out_folder_with_a_file_a_run_would_overwrite_is_refused(name, tmp_path, monkeypatch,
+                                                                    capsys):
+    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    mine = tmp_path / "out" / name
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    assert exit_status(["train", "--out", str(mine.parent)]) == 2
+    assert f"already has {name}, which a run would overwrite" in capsys.readouterr().err
+    assert mine.read_text() == "mine" and list(mine.parent.iterdir()) == [mine]
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+def test_an_unknown_backend_is_a_one_line_error_for_the_command(how):
+    env = dict(os.environ, NNSCRATCH_BACKEND="fast")
+    argv = ([sys.executable, "-c", "import sys; sys.argv[0] = '/usr/bin/nnscratch'; import nnscratch"]
+            if how == "console script" else [sys.executable, "-m", "nnscratch.cli", "--help"])
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == ("nnscratch: error: NNSCRATCH_BACKEND='fast' is not a backend; use "
+                           "'numba' (default) or 'numpy'.\n")
+
+
+def test_a_program_importing_nnscratch_gets_the_backend_error():
+    env = dict(os.environ, NNSCRATCH_BACKEND="fast")
+    code = ("try:\n    import nnscratch\nexcept ImportError as e:\n"
+            "    print(type(e).__name__, isinstance(e, ImportError))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "BackendError True\n", proc.stderr
 
 
 def test_an_output_file_name_taken_by_a_directory_is_a_usage_error(tmp_path, monkeypatch, capsys):

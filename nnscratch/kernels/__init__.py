@@ -19,13 +19,19 @@ KERNEL_NAMES = (
     "train_step",
 )
 
+
+
+class BackendError(ImportError):
+    """``NNSCRATCH_BACKEND`` names no backend (raised when nnscratch is imported)."""
+
+
 BACKEND = os.environ.get("NNSCRATCH_BACKEND", "numba").strip().lower() or "numba"
 if BACKEND == "numba":
     from . import fused as _impl
 elif BACKEND == "numpy":
     _impl = reference
 else:
-    raise ImportError(
+    raise BackendError(
         f"NNSCRATCH_BACKEND={BACKEND!r} is not a backend; use 'numba' (default) or 'numpy'."
     )
 
