@@ -20,6 +20,21 @@ def _quiet_shutdown() -> None:
         _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
 
 
+def _running_the_command() -> bool:
+    """Whether this process is the `nnscratch` command: its console script, or
+    `python -m nnscratch...` (whose argv[0] is "-m" while Python imports this
+    package to find the module; the module's name is in ``sys.orig_argv``)."""
+    if not _sys.argv:
+        return False
+    if _os.path.basename(_sys.argv[0]) in ("nnscratch", "nnscratch.exe"):
+        return True
+    if _sys.argv[0] != "-m":
+        return False
+    argv = list(getattr(_sys, "orig_argv", []))
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    return module == "nnscratch" or module.startswith("nnscratch.")
+
+
 try:
     from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
     from .gradcheck import GradcheckResult, gradcheck
@@ -38,11 +53,9 @@ except KeyboardInterrupt:
     raise
 except ImportError as _error:
     # A bad NNSCRATCH_BACKEND is a setting, not a bug: the command (the console
-    # script, or `python -m nnscratch.cli`, whose argv[0] is "-m" while Python
-    # imports this package to find it) says so in one line. Programs get the error.
-    # (By name: the module that defines it failed to import.)
-    if type(_error).__qualname__ == "BackendError" and _sys.argv and (
-            _os.path.basename(_sys.argv[0]) in ("nnscratch", "nnscratch.exe", "-m")):
+    # script, or `python -m nnscratch.cli`) says so in one line. Programs get the
+    # error. (By name: the module that defines it failed to import.)
+    if type(_error).__qualname__ == "BackendError" and _running_the_command():
         print(f"nnscratch: error: {_error}", file=_sys.stderr)
         raise SystemExit(2) from None
     raise

@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="invert polarity: auto inverts images whose border is light (default auto)")
-    p.add_argument("--top", type=positive_int, default=3,
-                   help="classes to show per image, at most the model's (default 3)")
+    p.add_argument("--top", type=positive_int, default=None,
+                   help="classes to show per image, at most the model's (default 3, or all "
+                        "of a model with fewer)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
 
@@ -398,7 +399,8 @@ def _config_mismatches(config: dict[str, Any], meta: dict[str, Any], model: Sequ
         problems.append("hidden or dropout differ from the saved model's layers")
     saved = meta.get("optimizer", {})
     for key, option in (("initial_lr", "lr"), ("weight_decay", "weight_decay")):
-        if saved.get(key) != config[option]:
+        # (initial_lr is absent from checkpoints older than it: nothing to compare.)
+        if key in saved and saved[key] != config[option]:
             problems.append(f"{option} is {config[option]!r}, the saved optimizer's "
                             f"{saved.get(key)!r}")
     steps = saved.get("step", 0) - meta.get("first_step", 0)
@@ -787,7 +789,9 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     model = load(args.model)
     if model.in_features != 784:
         raise CLIError(f"{args.model}: the model takes {model.in_features} inputs, not 28x28 images")
-    if args.top > model.num_classes:
+    if args.top is None:
+        args.top = min(3, model.num_classes)
+    elif args.top > model.num_classes:
         parser.error(f"--top {args.top}: {args.model} knows only {model.num_classes} classes")
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     results, failed = [], 0

@@ -252,6 +252,9 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
         value[at] = original
         f0, f_plus, f_minus, f_half_plus, f_half_minus = values
         _, up, down, up_half, down_half = taken
+        if min(up, down, up_half, down_half) == 0:
+            raise ValueError(f"h={h!r} is too small: {name}{list(at)} = {original!r} does not "
+                             f"change by h * max(1, |w|) in float64; use h >= 1e-12")
         # Rounding in float64 alone makes a difference quotient uncertain by
         # about eps |f| / step; errors below that say nothing about the gradient.
         noise = 16 * np.finfo(np.float64).eps * max(abs(f0), abs(f_plus), abs(f_minus), 1.0) / step

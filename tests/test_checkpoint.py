@@ -371,6 +371,16 @@ def test_the_command_line_finds_a_schedule_edited_mid_run(tmp_path: Path, key, v
     assert len(problems) == 1 and "learning rate" in problems[0], problems
 
 
+def test_the_command_line_compares_no_lr_with_a_checkpoint_older_than_initial_lr(
+        tmp_path: Path) -> None:
+    from nnscratch.cli import _config_mismatches
+    path, _, config = _checkpoint(tmp_path)
+    _, meta = load_checkpoint(path)
+    del meta["optimizer"]["initial_lr"]
+    trainer = build(config)
+    assert _config_mismatches(config, meta, trainer.model, trainer) == []
+
+
 def test_a_checkpoint_from_before_the_data_digest_still_resumes(tmp_path: Path) -> None:
     path, _, config = _checkpoint(tmp_path)
     _rewrite(path, edit_meta=lambda meta: meta.pop("data_digest"))

@@ -91,13 +91,22 @@ def test_an_unknown_backend_is_a_one_line_error_for_the_command(how):
                            "'numba' (default) or 'numpy'.\n")
 
 
-def test_a_program_importing_nnscratch_gets_the_backend_error():
-    env = dict(os.environ, NNSCRATCH_BACKEND="fast")
-    code = ("try:\n    import nnscratch\nexcept ImportError as e:\n"
-            "    print(type(e).__name__, isinstance(e, ImportError))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=120)
-    assert proc.returncode == 0 and proc.stdout == "BackendError True\n", proc.stderr
+@pytest.mark.parametrize("how", ["python -c", "python -m"])
+def test_a_program_importing_nnscratch_gets_the_backend_error(how, tmp_path):
+    # Also a program run with -m whose package imports nnscratch: argv[0] is "-m"
+    # then too, but the module run is not nnscratch's.
+    env = dict(os.environ, NNSCRATCH_BACKEND="fast", PYTHONPATH=str(tmp_path))
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text(
+        "try:\n    import nnscratch\nexcept ImportError as e:\n"
+        "    print(type(e).__name__, isinstance(e, ImportError))\n")
+    (tmp_path / "app" / "main.py").write_text("print('main ran')\n")
+    argv = ([sys.executable, "-c", "import app.main"] if how == "python -c"
+            else [sys.executable, "-m", "app.main"])
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "BackendError True\nmain ran\n", proc.stderr
 
 
 def test_an_output_file_name_taken_by_a_directory_is_a_usage_error(tmp_path, monkeypatch, capsys):

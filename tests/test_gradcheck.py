@@ -133,6 +133,14 @@ def test_dense_passes_gradcheck_with_inputs_far_from_unit_size(scale, seed):
     assert all(c.skipped_kinks == 0 for c in result.checks), result.report()
 
 
+def test_a_step_too_small_to_change_an_entry_is_an_error_naming_h():
+    layer = Dense(4, 3, dtype=np.float64, rng=0)
+    before = layer.params["weight"].copy()
+    with pytest.raises(ValueError, match=r"h=1e-17 is too small"):
+        gradcheck(layer, np.random.default_rng(0).standard_normal((3, 4)), h=1e-17)
+    assert np.array_equal(layer.params["weight"], before)
+
+
 def test_gradcheck_of_model_leaves_parameters_unchanged():
     model = Sequential(Dense(4, 5), ReLU(), Dense(5, 3), seed=0, dtype="float64")
     before = model.state_dict()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnscratch import Dense, Sequential, cli, datasets
+from nnscratch import Dense, Flatten, Sequential, cli, datasets
 from nnscratch.checkpoint import load_checkpoint
 from nnscratch.datasets import DataError, load_fashion_mnist
 from nnscratch.images import ImageError, load_image
@@ -847,6 +847,15 @@ def test_cli_predict_answers_good_images_and_reports_each_bad_one(
         assert line.startswith(f"nnscratch predict: error: {path}: ")
     assert "no such file" in err_lines[1]
     assert "directory" in err_lines[4]
+
+
+def test_cli_predict_shows_every_class_of_a_model_with_fewer_than_three(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model_path = tmp_path / "two.npz"
+    save(Sequential(Flatten(), Dense(784, 2, rng=0)), model_path)
+    code = cli.main(["predict", str(model_path), str(_png(tmp_path / "good.png"))])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 1 and len(out[0].split(":")[1].split(",")) == 2, out
 
 
 def test_cli_predict_warns_about_a_blank_image_and_still_answers(
