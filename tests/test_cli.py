@@ -189,14 +189,14 @@ def test_divergence_after_an_epoch_keeps_the_last_good_checkpoint(
     assert all(np.isfinite(v).all() for v in meta["trainer_state"]["model"].values())
 
 
-@pytest.mark.parametrize("key,value", [("lr", -1), ("schedule", "linear"), ("val_size", 60000),
-                                       ("hidden", ["64"]), ("batch_size", 0)])
-def test_resume_with_an_invalid_saved_configuration_is_a_one_line_error(
-        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture, key: str, value) -> None:
-    """The configuration in a checkpoint is read from a file: an invalid value
-    must give exit status 1 and one line naming the checkpoint, not a traceback."""
+def _resume_with_edited_config(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                               key: str, value) -> tuple[str, Path]:
+    """Resume a copy of the reference run's checkpoint with config[key] = value;
+    it must fail with status 1 and one line naming the checkpoint, writing nothing.
+    Returns that line and the run's folder."""
     meta, arrays = helpers.read_npz_plain(reference / "checkpoint.npz")
     meta.pop("arrays")
+    assert meta["config"].get(key) != value
     meta["config"][key] = value
     out = tmp_path / "run"
     out.mkdir()
@@ -207,7 +207,17 @@ def test_resume_with_an_invalid_saved_configuration_is_a_one_line_error(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("nnscratch train: error: ") and str(checkpoint) in lines[0]
-    assert not (out / "model.npz").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz"]
+    return lines[0], out
+
+
+@pytest.mark.parametrize("key,value", [("lr", -1), ("schedule", "linear"), ("val_size", 60000),
+                                       ("hidden", ["64"]), ("batch_size", 0)])
+def test_resume_with_an_invalid_saved_configuration_is_a_one_line_error(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture, key: str, value) -> None:
+    """The configuration in a checkpoint is read from a file: an invalid value
+    must give exit status 1 and one line naming the checkpoint, not a traceback."""
+    _resume_with_edited_config(reference, tmp_path, capsys, key, value)
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -227,20 +237,8 @@ def test_resume_with_a_valid_but_edited_saved_configuration_is_refused(
         message: str) -> None:
     """Values that pass every check on their own but do not match the state saved
     with them: resuming would continue a different run than the one saved."""
-    meta, arrays = helpers.read_npz_plain(reference / "checkpoint.npz")
-    meta.pop("arrays")
-    assert meta["config"][key] != value
-    meta["config"][key] = value
-    out = tmp_path / "run"
-    out.mkdir()
-    checkpoint = helpers.write_model_file(out / "checkpoint.npz", meta, arrays)
-    code = cli.main(["train", "--resume", str(out), "--quiet"])
-    err = capsys.readouterr().err
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert str(checkpoint) in lines[0] and message in lines[0], lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz"]
+    line, _ = _resume_with_edited_config(reference, tmp_path, capsys, key, value)
+    assert message in line, line
 
 
 def _one_line_failure(capsys: pytest.CaptureFixture, argv: list[str], command: str) -> str:
