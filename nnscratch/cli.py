@@ -403,8 +403,9 @@ def _config_mismatches(config: dict[str, Any], meta: dict[str, Any], model: Sequ
         if key in saved and saved[key] != config[option]:
             problems.append(f"{option} is {config[option]!r}, the saved optimizer's "
                             f"{saved.get(key)!r}")
-    steps = saved.get("step", 0) - meta.get("first_step", 0)
-    if not problems and is_number(saved.get("lr")) and is_int(steps) and (
+    step, first = saved.get("step"), meta.get("first_step", 0)
+    steps = step - first if is_int(step) and is_int(first) else None  # (else the trainer says)
+    if not problems and is_number(saved.get("lr")) and steps is not None and (
             1 <= steps <= trainer.epochs * trainer.steps_per_epoch):
         expected = trainer.schedule(steps)  # the rate the last step took
         if not math.isclose(saved["lr"], expected, rel_tol=1e-9, abs_tol=1e-15):

@@ -381,6 +381,20 @@ def test_the_command_line_compares_no_lr_with_a_checkpoint_older_than_initial_lr
     assert _config_mismatches(config, meta, trainer.model, trainer) == []
 
 
+@pytest.mark.parametrize("step", ["12", None, 1.5])
+def test_the_command_lines_comparison_leaves_a_bad_step_count_to_the_trainer(
+        tmp_path: Path, step) -> None:
+    from nnscratch.cli import _config_mismatches
+    path, _, config = _checkpoint(tmp_path)
+    _, meta = load_checkpoint(path)
+    meta["optimizer"]["step"] = step
+    meta["trainer_state"]["optimizer"]["step"] = step
+    trainer = build(config)
+    assert _config_mismatches(config, meta, trainer.model, trainer) == []
+    with pytest.raises(ValueError, match="first_step must be an integer between 0 and"):
+        trainer.load_state_dict(meta["trainer_state"])
+
+
 def test_a_checkpoint_from_before_the_data_digest_still_resumes(tmp_path: Path) -> None:
     path, _, config = _checkpoint(tmp_path)
     _rewrite(path, edit_meta=lambda meta: meta.pop("data_digest"))

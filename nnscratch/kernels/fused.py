@@ -314,7 +314,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 # cores), and the batch's gather is still shared out, each thread fetching its
 # columns of every row. The price is the partial sums, 2 x 128 x 256 floats
 # against W0's 784 x 256 for the reference model (measured: the step took
-# ~0.96x the time of the row split; see ``docs/runs/bench/``).
+# ~0.95x the time of the row split; ``docs/runs/bench/first-layer-split.txt``).
 #
 # Every value is computed by the same formula, in the same order, as the
 # one-thread path (the fused blocks, the loss kernel, Adam); only BLAS may round
