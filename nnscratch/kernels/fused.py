@@ -243,23 +243,26 @@ _PREFETCH_ROWS = 4  # how far ahead; measured: 4 rows ahead cuts a random gather
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _gather_rows(src, idx, scale, out, r0, r1):
-    k = out.shape[1]
-    for i in range(r0, r1):
+def _gather_columns(src, idx, scale, out, c0, c1):
+    """out[:, c0:c1] = src[idx, c0:c1] * scale: all of the batch's rows, a band of
+    their columns (the threaded step gives each thread its own band)."""
+    step = max(1, 64 // src.itemsize)  # one prefetch hint per 64-byte line
+    n = out.shape[0]
+    for i in range(n):
         # Rows are scattered over the whole dataset, so each one is a cache miss:
         # ask for row i + 4 while converting row i, overlapping their latencies.
-        if i + _PREFETCH_ROWS < r1:
+        if i + _PREFETCH_ROWS < n:
             ahead = idx[i + _PREFETCH_ROWS]
-            for j in range(0, k, max(1, 64 // src.itemsize)):  # one hint per 64-byte line
+            for j in range(c0, c1, step):
                 _prefetch(src, ahead, j)
-        r = idx[i]
-        for j in range(k):
-            out[i, j] = src[r, j] * scale
+        row_in, row_out = src[idx[i], c0:c1], out[i, c0:c1]
+        for j in range(c1 - c0):
+            row_out[j] = row_in[j] * scale
 
 
 @njit(cache=True, error_model="numpy")
 def gather_scale(src, idx, scale, out):
-    _gather_rows(src, idx, scale, out, 0, out.shape[0])
+    _gather_columns(src, idx, scale, out, 0, out.shape[1])
 
 
 @njit(cache=True, error_model="numpy")
@@ -441,21 +444,6 @@ def _input_share(t, threads, k):
     is written by two threads."""
     pieces = (k + 15) // 16
     return min(k, t * pieces // threads * 16)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _gather_columns(src, idx, scale, out, c0, c1):
-    """out[:, c0:c1] = src[idx, c0:c1] * scale (``_gather_rows`` on a band of columns)."""
-    step = max(1, 64 // src.itemsize)  # one prefetch hint per 64-byte line
-    n = out.shape[0]
-    for i in range(n):
-        if i + _PREFETCH_ROWS < n:
-            ahead = idx[i + _PREFETCH_ROWS]
-            for j in range(c0, c1, step):
-                _prefetch(src, ahead, j)
-        row_in, row_out = src[idx[i], c0:c1], out[i, c0:c1]
-        for j in range(c1 - c0):
-            row_out[j] = row_in[j] * scale
 
 
 @njit(cache=True, error_model="numpy")
