@@ -143,29 +143,33 @@ def to_fashion_mnist(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
         raise ValueError(f"invert must be 'auto', 'yes' or 'no', got {invert!r}")
     if invert == "yes" or (invert == "auto" and _border(gray).mean() > 0.5):
         gray = 1.0 - gray
-    if gray.shape != (SIDE, SIDE):
-        # Crop to the item: pixels clearly brighter than the background.
-        background = float(np.median(_border(gray)))
-        rows, cols = np.nonzero(gray > background + 0.1)
-        if rows.size:
-            gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        gray = np.clip(gray - background, 0, None) / max(1 - background, 1e-6)
-        h, w = gray.shape
-        scale = SIDE / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        img = Image.fromarray((gray * 255).round().astype(np.uint8)).resize(size, Image.LANCZOS)
-        canvas = np.zeros((SIDE, SIDE), np.uint8)
-        top, left = (SIDE - size[1]) // 2, (SIDE - size[0]) // 2
-        canvas[top:top + size[1], left:left + size[0]] = np.asarray(img)
-        return canvas
-    # Already 28x28: taken to be framed as Fashion-MNIST is, so not cropped or scaled,
-    # but a gray background (border median above 10%; 6 of Fashion-MNIST's 10k test
-    # images have one) is taken down to black, as for larger pictures: the models
-    # never saw one (measured in review: 13.5% accuracy on test images put on gray 90).
     background = float(np.median(_border(gray)))
-    if background > 0.1:
-        gray = np.clip(gray - background, 0, None) / max(1 - background, 1e-6)
-    return (np.clip(gray, 0, 1) * 255).round().astype(np.uint8)
+    if gray.shape == (SIDE, SIDE):
+        # Already 28x28: taken to be framed as Fashion-MNIST is, so not cropped or
+        # scaled; but a gray background (border median above 10%; 6 of Fashion-MNIST's
+        # 10k test images have one) is taken down to black as below: the models never
+        # saw one (measured in review: 13.5% accuracy on test images put on gray 90).
+        if background > 0.1:
+            gray = _on_black(gray, background)
+        return (np.clip(gray, 0, 1) * 255).round().astype(np.uint8)
+    # Crop to the item: pixels clearly brighter than the background.
+    rows, cols = np.nonzero(gray > background + 0.1)
+    if rows.size:
+        gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    gray = _on_black(gray, background)
+    h, w = gray.shape
+    scale = SIDE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = Image.fromarray((gray * 255).round().astype(np.uint8)).resize(size, Image.LANCZOS)
+    canvas = np.zeros((SIDE, SIDE), np.uint8)
+    top, left = (SIDE - size[1]) // 2, (SIDE - size[0]) // 2
+    canvas[top:top + size[1], left:left + size[0]] = np.asarray(img)
+    return canvas
+
+
+def _on_black(gray: np.ndarray, background: float) -> np.ndarray:
+    """Levels stretched so that ``background`` becomes 0 (black) and 1 stays 1."""
+    return np.clip(gray - background, 0, None) / max(1 - background, 1e-6)
 
 
 def load_image(path: str | os.PathLike, invert: str = "auto") -> np.ndarray:
