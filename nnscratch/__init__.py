@@ -48,7 +48,7 @@ except KeyboardInterrupt:
     # Importing NumPy and Numba takes about half a second, before the `nnscratch`
     # command can handle Ctrl-C itself: stop it as it would, without a traceback.
     # A program that imports nnscratch gets its KeyboardInterrupt as usual.
-    if _sys.argv and _os.path.basename(_sys.argv[0]) in ("nnscratch", "nnscratch.exe"):
+    if _running_the_command():
         raise SystemExit(_interrupted()) from None
     raise
 except ImportError as _error:
