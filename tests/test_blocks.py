@@ -62,7 +62,11 @@ def test_fused_forward_and_backward_equal_layer_by_layer(dtype, kw):
         np.testing.assert_array_equal(g_f[name], g_p[name], err_msg=name)
 
 
-def test_fused_training_follows_the_layer_by_layer_trajectory():
+def test_fused_training_follows_the_layer_by_layer_trajectory(monkeypatch):
+    # The fused blocks' own path: this run would otherwise qualify for the threaded
+    # step, whose one-thread sgemm shares round differently on some CPUs (its own
+    # tests, in test_threaded_step.py, hold it close to this path instead).
+    monkeypatch.setenv("NNSCRATCH_THREADED_STEP", "0")
     fused, plain = _pair("float32", p1=0.3, p2=0.1)
     x, y = _data(200, seed=1)
     x = (np.abs(x) * 60).astype(np.uint8)

@@ -39,11 +39,16 @@ def test_round_trip_predicts_bit_identically(tmp_path: Path, dtype: str, variant
     assert loaded.dtype == np.dtype(dtype)
     assert loaded.config() == model.config()
     helpers.assert_same_arrays(loaded.state_dict(), model.state_dict(), "weights")
-    # float input, uint8 input and a single large batch all give identical outputs
+    # float input, uint8 input and small batches all give identical outputs
     assert np.array_equal(loaded.predict(probe), model.predict(probe))
     pixels = np.random.default_rng(5).integers(0, 256, probe.shape, dtype=np.uint8)
     assert np.array_equal(loaded.predict(pixels), model.predict(pixels))
-    assert np.array_equal(loaded.predict(probe, batch_size=3), model.predict(probe))
+    small = loaded.predict(probe, batch_size=3)
+    assert np.array_equal(small, model.predict(probe, batch_size=3))
+    # Across batch sizes only close: BLAS may pick other kernels for 3 rows than for
+    # 20, which round differently on some CPUs (AVX2 OpenBLAS does, AVX-512 did not).
+    np.testing.assert_allclose(small, model.predict(probe), rtol=0,
+                               atol=10 * np.finfo(dtype).eps)
     assert loaded.predict(probe).dtype == np.dtype(dtype)
 
 
