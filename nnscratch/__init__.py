@@ -36,7 +36,7 @@ def _running_the_command() -> bool:
 
 
 try:
-    from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
+    from .datasets import CLASS_NAMES, DataError, load_fashion_mnist, load_fashion_mnist_split
     from .gradcheck import GradcheckResult, gradcheck
     from .io import ModelFileError, load, save
     from .layers import Dense, Dropout, Flatten, Layer, ReLU
@@ -76,7 +76,8 @@ def _command() -> int:
         _quiet_shutdown()
 
 __all__ = [
-    "CLASS_NAMES", "DataError", "ModelFileError", "load", "load_fashion_mnist", "save",
+    "CLASS_NAMES", "DataError", "ModelFileError", "load", "load_fashion_mnist",
+    "load_fashion_mnist_split", "save",
     "Adam", "Dense", "Dropout", "Flatten", "GradcheckResult", "Layer", "Parameter", "ReLU",
     "Sequential", "SoftmaxCrossEntropy", "Trainer", "TrainingDiverged", "TrainingInterrupted",
     "gradcheck", "softmax",

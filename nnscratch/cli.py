@@ -36,7 +36,7 @@ from .atomic import atomic_write, remove_stale_temporaries
 from .augment import RandomShiftFlip
 from .checkpoint import load_checkpoint, save_checkpoint
 from .checks import is_int, is_number
-from .datasets import CLASS_NAMES, DataError, load_fashion_mnist
+from .datasets import CLASS_NAMES, DataError, load_fashion_mnist, load_fashion_mnist_split
 from .images import ImageError, load_image, looks_blank
 from .io import MAX_PARAMETERS, ModelFileError, load, save
 from .layers import Dense, Dropout, Flatten, ReLU
@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test accuracy, loss and per-class report of a model file",
                        description="Evaluate a model file on the Fashion-MNIST test set.")
     e.add_argument("model", type=Path, help="a model.npz written by nnscratch")
-    e.add_argument("--data-dir", type=Path, help="directory with the Fashion-MNIST files")
+    e.add_argument("--data-dir", type=Path,
+                   help="directory with the Fashion-MNIST test files (t10k-*; the training "
+                        "files are not needed)")
     e.add_argument("--confusion-matrix", type=png_path, metavar="PNG",
                    help="also write the confusion matrix here (a .png file name)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -760,7 +762,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import classification_report, confusion_matrix, format_report
 
     model = load(args.model)
-    _, (x_test, y_test) = load_fashion_mnist(args.data_dir)
+    x_test, y_test = load_fashion_mnist_split("test", args.data_dir)
     if model.in_features != 784 or model.num_classes != len(CLASS_NAMES):
         raise CLIError(f"{args.model}: the model takes {model.in_features} inputs and gives "
                        f"{model.num_classes} classes; Fashion-MNIST needs 784 and 10")

@@ -2,7 +2,8 @@
 
 ``load_fashion_mnist()`` finds the four original IDX files (gzip-compressed or
 raw), checks them byte for byte against known SHA-256 hashes, and returns them
-like ``keras.datasets.fashion_mnist.load_data()``.  Every problem with the data
+like ``keras.datasets.fashion_mnist.load_data()``; ``load_fashion_mnist_split()``
+does the same for one split's two files.  Every problem with the data
 raises :class:`DataError` with a message that says which file is wrong and how
 to fix it.
 
@@ -38,6 +39,7 @@ __all__ = [
     "CLASS_NAMES",
     "DataError",
     "load_fashion_mnist",
+    "load_fashion_mnist_split",
     "parse_idx",
     "read_idx_file",
 ]
@@ -56,6 +58,7 @@ SPLITS: tuple[tuple[str, str], ...] = (
     ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 )
+SPLIT_NAMES: dict[str, tuple[str, str]] = {"train": SPLITS[0], "test": SPLITS[1]}
 FILE_NAMES: tuple[str, ...] = tuple(name for pair in SPLITS for name in pair)
 _MAGIC = {name: IMAGE_MAGIC if "images" in name else LABEL_MAGIC for name in FILE_NAMES}
 
@@ -221,18 +224,60 @@ def load_fashion_mnist(
     Raises:
         DataError: the data is missing, damaged or not Fashion-MNIST.
     """
+    arrays = _load(FILE_NAMES, data_dir, download, verbose)
+    (train_x, train_y), (test_x, test_y) = SPLITS
+    return (arrays[train_x], arrays[train_y]), (arrays[test_x], arrays[test_y])
+
+
+def load_fashion_mnist_split(
+    split: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    verbose: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images, labels)`` of one split, ``"train"`` or ``"test"``, as
+    :func:`load_fashion_mnist` does, but needing only that split's two files:
+    evaluating a model takes only the test pair.
+
+    The search is the same, for a directory holding the split's two files.
+
+    Raises:
+        ValueError: ``split`` is neither "train" nor "test".
+        DataError: the data is missing, damaged or not Fashion-MNIST.
+    """
+    if not isinstance(split, str) or split not in SPLIT_NAMES:
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    images, labels = SPLIT_NAMES[split]
+    arrays = _load((images, labels), data_dir, download, verbose)
+    return arrays[images], arrays[labels]
+
+
+def _load(names: tuple[str, ...], data_dir: str | os.PathLike[str] | None, download: bool,
+          verbose: bool) -> dict[str, np.ndarray]:
+    """The verified arrays of the files ``names`` (whole splits), cached or decoded."""
     def log(message: str) -> None:
         if verbose:
             print(f"[nnscratch] {message}", file=sys.stderr)
 
-    sources = _find_sources(data_dir, download, log)
+    sources = _find_sources(data_dir, download, log, names)
     fingerprint = _fingerprint(sources)
     arrays = _load_array_cache(fingerprint, log)
     if arrays is None:
         arrays = _verify_sources(sources, log)
         _write_array_cache(fingerprint, arrays, log)
-    (train_x, train_y), (test_x, test_y) = SPLITS
-    return (arrays[train_x], arrays[train_y]), (arrays[test_x], arrays[test_y])
+    return arrays
+
+
+def _kind(names: tuple[str, ...]) -> str:
+    """'Fashion-MNIST files', or 'Fashion-MNIST test files' for one split's pair."""
+    split = next((s for s, pair in SPLIT_NAMES.items() if pair == tuple(names)), None)
+    return f"Fashion-MNIST {split} files" if split else "Fashion-MNIST files"
+
+
+def _describe(names: tuple[str, ...]) -> str:
+    """'the four Fashion-MNIST files' or 'the two Fashion-MNIST test files'."""
+    return f"the {('two', 'four')[len(names) == len(FILE_NAMES)]} {_kind(names)}"
 
 
 # --- locating the files -------------------------------------------------------
@@ -243,10 +288,10 @@ def _user_cache_dir() -> Path:
     return Path(base) / "nnscratch" / "fashion-mnist"
 
 
-def _locate(directory: Path) -> dict[str, Path]:
-    """Map each file name to ``NAME.gz`` or ``NAME`` in ``directory``, if present."""
+def _locate(directory: Path, names: tuple[str, ...] = FILE_NAMES) -> dict[str, Path]:
+    """Map each of ``names`` to ``NAME.gz`` or ``NAME`` in ``directory``, if present."""
     found = {}
-    for name in FILE_NAMES:
+    for name in names:
         for candidate in (directory / f"{name}.gz", directory / name):
             try:
                 present = candidate.is_file()
@@ -260,24 +305,26 @@ def _locate(directory: Path) -> dict[str, Path]:
 
 
 def _find_sources(
-    data_dir: str | os.PathLike[str] | None, download: bool, log: Log
+    data_dir: str | os.PathLike[str] | None, download: bool, log: Log,
+    names: tuple[str, ...] = FILE_NAMES,
 ) -> dict[str, Path]:
+    what = _describe(names)
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
         default_places = ("or leave the data directory out (no --data-dir, no data_dir in "
                           "Python) to use the default locations.")
         if not directory.exists():
             raise DataError(f"{directory}: the data directory does not exist. Create it with "
-                            f"the four Fashion-MNIST files, {default_places}")
+                            f"{what}, {default_places}")
         if not directory.is_dir():
             raise DataError(f"{directory}: is a file; the data directory must be the directory "
-                            "holding the four Fashion-MNIST files")
-        found = _locate(directory)
-        missing = [name for name in FILE_NAMES if name not in found]
+                            f"holding {what}")
+        found = _locate(directory, names)
+        missing = [name for name in names if name not in found]
         if missing:
             wanted = ", ".join(f"{name}[.gz]" for name in missing)
             raise DataError(
-                f"{directory}: expected the four Fashion-MNIST files, but did not "
+                f"{directory}: expected {what}, but did not "
                 f"find {wanted}. Put them there (as NAME.gz or raw NAME), {default_places}"
             )
         return found
@@ -286,42 +333,44 @@ def _find_sources(
     searched = [Path(env_dir).expanduser()] if env_dir else []
     searched += [_user_cache_dir(), Path(DEBIAN_DIR)]
     for directory in searched:
-        found = _locate(directory)
-        if len(found) == len(FILE_NAMES):
+        found = _locate(directory, names)
+        if len(found) == len(names):
             log(f"using Fashion-MNIST files in {directory}")
             return found
-        log(f"{directory}: {len(found)} of {len(FILE_NAMES)} files present, skipping")
+        log(f"{directory}: {len(found)} of {len(names)} files present, skipping")
         if env_dir and directory == searched[0]:
             # The user pointed us there on purpose: say why it was not used.
             state = ("does not exist" if not directory.exists() else "is not a directory"
                      if not directory.is_dir() else
-                     f"holds {len(found)} of the {len(FILE_NAMES)} Fashion-MNIST files")
+                     f"holds {len(found)} of the {len(names)} {_kind(names)}")
             warnings.warn(f"nnscratch: {ENV_VAR}={env_dir} {state}; looking in the other "
-                          "places instead", RuntimeWarning, stacklevel=3)
+                          "places instead", RuntimeWarning, stacklevel=4)
 
     if not download:
-        raise _not_found_error(searched, "download=False, so nothing was downloaded")
-    return _download(_user_cache_dir(), searched, log)
+        raise _not_found_error(searched, "download=False, so nothing was downloaded", names)
+    return _download(_user_cache_dir(), searched, log, names)
 
 
-def _not_found_error(searched: list[Path], reason: str) -> DataError:
+def _not_found_error(searched: list[Path], reason: str,
+                     names: tuple[str, ...] = FILE_NAMES) -> DataError:
     where = ", ".join(str(d) for d in searched)
     return DataError(
-        f"Fashion-MNIST files ({', '.join(FILE_NAMES)}, each .gz or raw) not "
+        f"Fashion-MNIST files ({', '.join(names)}, each .gz or raw) not "
         f"found in: {where}; {reason}. To fix: set {ENV_VAR}=/path/to/dir holding "
-        "the four files, or run `sudo apt-get install dataset-fashion-mnist`, "
+        f"{_describe(names)}, or run `sudo apt-get install dataset-fashion-mnist`, "
         "or connect to the internet and let load_fashion_mnist(download=True) "
         f"fetch them from {BASE_URL}."
     )
 
 
-def _download(cache_dir: Path, searched: list[Path], log: Log) -> dict[str, Path]:
+def _download(cache_dir: Path, searched: list[Path], log: Log,
+              names: tuple[str, ...] = FILE_NAMES) -> dict[str, Path]:
     """Fetch missing ``.gz`` files into ``cache_dir``; each is verified before it lands."""
     url = BASE_URL
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        present = _locate(cache_dir)
-        for name in FILE_NAMES:
+        present = _locate(cache_dir, names)
+        for name in names:
             if name in present:
                 continue
             url = f"{BASE_URL.rstrip('/')}/{name}.gz"
@@ -341,8 +390,8 @@ def _download(cache_dir: Path, searched: list[Path], log: Log) -> dict[str, Path
             "or install dataset-fashion-mnist instead."
         ) from None
     except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
-        raise _not_found_error(searched, f"downloading {url} failed ({exc})") from None
-    return _locate(cache_dir)
+        raise _not_found_error(searched, f"downloading {url} failed ({exc})", names) from None
+    return _locate(cache_dir, names)
 
 
 def _fetch(url: str, out: BinaryIO) -> None:
@@ -358,11 +407,13 @@ def _verify_sources(sources: dict[str, Path], log: Log) -> dict[str, np.ndarray]
     start = time.perf_counter()
     arrays = {
         name: read_idx_file(sources[name], expect_magic=_MAGIC[name], sha256=SHA256[name])
-        for name in FILE_NAMES
+        for name in FILE_NAMES if name in sources
     }
     # Redundant for the real files (the hashes pin them down), but they keep
     # the messages precise if the hash table is ever changed or relaxed.
     for images_name, labels_name in SPLITS:
+        if images_name not in arrays:
+            continue
         images, labels = arrays[images_name], arrays[labels_name]
         if len(images) != len(labels):
             raise DataError(
@@ -406,15 +457,16 @@ def _fingerprint(sources: dict[str, Path]) -> Fingerprint:
 
 
 def _load_array_cache(fingerprint: Fingerprint, log: Log) -> dict[str, np.ndarray] | None:
-    """Memory-map the cached arrays, or return None if the cache is stale or unusable."""
+    """Memory-map the cached arrays of the files in ``fingerprint``, or return None
+    if the cache is stale or unusable for any of them."""
     cache_dir = _user_cache_dir() / ARRAY_CACHE_SUBDIR
     try:
         manifest = json.loads((cache_dir / MANIFEST_NAME).read_text())
-        if manifest["sources"] != fingerprint:
+        if any(manifest["sources"].get(name) != fp for name, fp in fingerprint.items()):
             log("array cache is for other source files; re-verifying")
             return None
         arrays = {}
-        for name in FILE_NAMES:
+        for name in fingerprint:
             array = np.load(cache_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             if array.dtype != np.uint8 or list(array.shape) != manifest["shapes"][name]:
                 log(f"cached {name}.npy has an unexpected shape or dtype; re-verifying")
@@ -458,9 +510,19 @@ def _write_array_cache(fingerprint: Fingerprint, arrays: dict[str, np.ndarray], 
     """Best effort: an unwritable or full cache only costs speed next time."""
     cache_dir = _user_cache_dir() / ARRAY_CACHE_SUBDIR
     manifest = {
-        "sources": fingerprint,
+        "sources": dict(fingerprint),
         "shapes": {name: list(array.shape) for name, array in arrays.items()},
     }
+    try:
+        # Loading one split keeps the other split's entries: their .npy files are not
+        # touched here, and every load hashes what it maps anyway.
+        old = json.loads((cache_dir / MANIFEST_NAME).read_text())
+        for name in FILE_NAMES:
+            if name not in arrays and name in old["sources"] and name in old["shapes"]:
+                manifest["sources"][name] = old["sources"][name]
+                manifest["shapes"][name] = old["shapes"][name]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start anew
+        pass
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # Invalidate first, publish last: the manifest only ever describes
@@ -478,7 +540,7 @@ def _write_array_cache(fingerprint: Fingerprint, arrays: dict[str, np.ndarray], 
             f"nnscratch: could not write the Fashion-MNIST array cache in {cache_dir} "
             f"({exc}); continuing without it, so the next load re-verifies the files.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return
     log(f"wrote array cache to {cache_dir}")

@@ -324,6 +324,27 @@ def test_evaluate_and_predict_on_a_cli_trained_model(
     assert model.class_names == list(cli.CLASS_NAMES)
 
 
+def test_evaluate_needs_only_the_test_files(
+        reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # leave the real cache be
+    data = tmp_path / "test-only"
+    data.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        found = [p for p in (helpers.FASHION_DIR / f"{name}.gz", helpers.FASHION_DIR / name)
+                 if p.is_file()]
+        (data / found[0].name).write_bytes(found[0].read_bytes())
+    plot = tmp_path / "plots" / "cm.png"  # a folder that does not exist yet
+    assert cli.main(["evaluate", str(reference / "model.npz"), "--data-dir", str(data),
+                     "--json", "--confusion-matrix", str(plot)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["accuracy"] == json.loads((reference / "metrics.json").read_text())["test"]["accuracy"]
+    # train still needs all four, and says which are missing
+    assert cli.main(["train", "--data-dir", str(data), "--out", str(tmp_path / "run")]) == 1
+    assert "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]" in capsys.readouterr().err
+
+
 def test_interrupt_while_writing_results_exits_130_and_resume_writes_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     helpers.require_real_data()

@@ -38,6 +38,13 @@ def must_not_load_data(*args, **kwargs):
     raise AssertionError("the data was loaded although the command had to fail first")
 
 
+def _patch_data(monkeypatch: pytest.MonkeyPatch, loader: object) -> None:
+    """Replace both of the CLI's data loaders: train's (all four files) and
+    evaluate's (the test pair only)."""
+    monkeypatch.setattr(cli, "load_fashion_mnist", loader)
+    monkeypatch.setattr(cli, "load_fashion_mnist_split", loader)
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.npz"
@@ -58,7 +65,7 @@ def model_file(tmp_path: Path) -> Path:
     (["predict", "{model}", "any.png", "--top", "11"], "knows only 10 classes"),
 ])
 def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken.png").mkdir()
     argv = [a.format(model=model_file, dir=tmp_path) for a in argv]
@@ -71,7 +78,7 @@ def test_usage_errors_come_before_any_work(argv, message, model_file, tmp_path, 
                                   "misclassified.png"])
 def test_an_out_folder_with_a_file_a_run_would_overwrite_is_refused(name, tmp_path, monkeypatch,
                                                                     capsys):
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     mine = tmp_path / "out" / name
     mine.parent.mkdir()
     mine.write_text("mine")
@@ -110,14 +117,14 @@ def test_a_program_importing_nnscratch_gets_the_backend_error(how, tmp_path):
 
 
 def test_an_output_file_name_taken_by_a_directory_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     (tmp_path / "run" / "metrics.json").mkdir(parents=True)
     assert exit_status(["train", "--out", str(tmp_path / "run")]) == 2
     assert "metrics.json would be written there but is a directory" in capsys.readouterr().err
 
 
 def test_an_out_directory_that_cannot_be_created_fails_before_loading_data(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     assert exit_status(["train", "--out", "/proc/nnscratch-test/run"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nnscratch train: error: --out /proc/nnscratch-test/run: "
@@ -144,7 +151,7 @@ def test_sigterm_outside_training_exits_130_with_one_line(model_file, monkeypatc
         time.sleep(5)  # the handler interrupts this
         raise AssertionError("SIGTERM did not interrupt the command")
 
-    monkeypatch.setattr(cli, "load_fashion_mnist", terminated)
+    _patch_data(monkeypatch, terminated)
     before = signal.getsignal(signal.SIGTERM)
     assert exit_status(["evaluate", str(model_file)]) == 130
     assert capsys.readouterr().err == "nnscratch evaluate: interrupted\n"
@@ -157,7 +164,7 @@ def test_warnings_are_one_line_without_source_locations(model_file, monkeypatch,
                       stacklevel=2)
         raise DataError("no data")
 
-    monkeypatch.setattr(cli, "load_fashion_mnist", warn_then_fail)
+    _patch_data(monkeypatch, warn_then_fail)
     assert exit_status(["evaluate", str(model_file)]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "nnscratch evaluate: warning: nnscratch: NNSCRATCH_DATA=x holds 0 of the 4 files",
@@ -172,7 +179,7 @@ def test_out_of_memory_is_a_one_line_error(monkeypatch, tmp_path, capsys, error,
     def too_big(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cli, "load_fashion_mnist", too_big)
+    _patch_data(monkeypatch, too_big)
     assert exit_status(["train", "--out", str(tmp_path / "run")]) == 1
     assert capsys.readouterr().err == (f"nnscratch train: error: not enough memory ({shown}); "
                                        "try a smaller --hidden or --batch-size\n")
@@ -183,7 +190,7 @@ def test_an_out_path_with_dotdot_is_checked_as_the_place_it_names(tmp_path, monk
     assert exit_status(["train", "--out", "q/../r", "--data-dir", "no-data"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither q nor r left behind
     capsys.readouterr()
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "model.npz").write_bytes(b"a finished run")
     assert exit_status(["train", "--out", "done/new/.."]) == 2
@@ -192,8 +199,17 @@ def test_an_out_path_with_dotdot_is_checked_as_the_place_it_names(tmp_path, monk
     assert not (tmp_path / "done" / "new").exists()
 
 
+def test_a_confusion_matrix_folder_made_for_a_failed_evaluate_is_removed(
+        model_file, tmp_path, monkeypatch, capsys):
+    _patch_data(monkeypatch, no_data)
+    target = tmp_path / "new" / "deeper" / "cm.png"
+    assert exit_status(["evaluate", str(model_file), "--confusion-matrix", str(target)]) == 1
+    assert "no data here" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_unwritable_confusion_matrix_place_fails_before_evaluating(model_file, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     assert exit_status(["evaluate", str(model_file), "--confusion-matrix", "/proc/nnscratch/cm.png"]) == 1
     assert "--confusion-matrix /proc/nnscratch: cannot write there" in capsys.readouterr().err
 
@@ -216,7 +232,7 @@ def no_data(*args, **kwargs):
 def test_a_second_train_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
     import fcntl
 
-    monkeypatch.setattr(cli, "load_fashion_mnist", must_not_load_data)
+    _patch_data(monkeypatch, must_not_load_data)
     out = tmp_path / "busy"
     out.mkdir()
     fd = os.open(out, os.O_RDONLY)  # what the first run holds for its whole life
@@ -229,7 +245,7 @@ def test_a_second_train_into_the_same_folder_is_refused_while_the_first_runs(tmp
 
 
 def test_temporaries_left_by_a_killed_run_are_removed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_fashion_mnist", no_data)
+    _patch_data(monkeypatch, no_data)
     out = tmp_path / "run"
     out.mkdir()
     stale = out / ".checkpoint.npz.12345.0badf00d.tmp"
@@ -250,7 +266,7 @@ def test_a_folder_that_cannot_be_locked_still_trains(tmp_path, monkeypatch, caps
         raise OSError(errno.ENOLCK, "No locks available")  # as on some NFS mounts
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    monkeypatch.setattr(cli, "load_fashion_mnist", no_data)
+    _patch_data(monkeypatch, no_data)
     out = tmp_path / "run"
     out.mkdir()
     # Unlocked, another run could be writing this very file: it must be left alone.
@@ -307,7 +323,7 @@ def test_an_ignored_sigterm_stays_ignored(model_file, monkeypatch):
         seen.append(signal.getsignal(signal.SIGTERM))
         raise DataError("no data")
 
-    monkeypatch.setattr(cli, "load_fashion_mnist", look)
+    _patch_data(monkeypatch, look)
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         assert exit_status(["evaluate", str(model_file)]) == 1

@@ -27,6 +27,7 @@ from nnscratch.datasets import (
     LABEL_MAGIC,
     DataError,
     load_fashion_mnist,
+    load_fashion_mnist_split,
     parse_idx,
     read_idx_file,
 )
@@ -425,6 +426,127 @@ def test_missing_file_on_server_is_a_data_error(isolated: Path, http_server, mon
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz failed \(HTTP Error 404"):
         load_fashion_mnist()
     assert not (user_cache(isolated) / f"{TEST_LABELS}.gz").exists()
+
+
+# --- one split (load_fashion_mnist_split) -------------------------------------
+
+
+def test_one_split_needs_only_its_own_two_files(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    paths = write_dataset(isolated / "data", arrays, monkeypatch)
+    for name in (TRAIN_IMAGES, TRAIN_LABELS):
+        paths[name].unlink()
+    x, y = load_fashion_mnist_split("test", isolated / "data")
+    np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+    np.testing.assert_array_equal(y, arrays[TEST_LABELS])
+    assert x.dtype == y.dtype == np.uint8 and not x.flags.writeable
+    # The other split, and the whole set, still say exactly what is missing.
+    for load in (lambda: load_fashion_mnist_split("train", isolated / "data"),
+                 lambda: load_fashion_mnist(isolated / "data")):
+        with pytest.raises(DataError) as info:
+            load()
+        message = str(info.value)
+        assert f"{TRAIN_IMAGES}[.gz], {TRAIN_LABELS}[.gz]" in message
+        assert f"{TEST_IMAGES}[.gz]" not in message
+    with pytest.raises(DataError, match="expected the two Fashion-MNIST train files"):
+        load_fashion_mnist_split("train", isolated / "data")
+
+
+def test_one_split_returns_what_the_whole_set_does(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist(isolated / "data")
+    for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
+        xs, ys = load_fashion_mnist_split(split, isolated / "data")
+        np.testing.assert_array_equal(xs, x)
+        np.testing.assert_array_equal(ys, y)
+
+
+def test_an_unknown_split_is_a_value_error(isolated: Path):
+    for split in ("validation", "TEST", "", None, ["test"]):
+        with pytest.raises(ValueError, match="expected 'train' or 'test'"):
+            load_fashion_mnist_split(split, isolated)
+
+
+def test_one_split_is_verified_like_the_whole_set(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    arrays[TEST_LABELS][3] = 10
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    with pytest.raises(DataError, match=r"t10k-labels.*expected labels 0\.\.9, found 10"):
+        load_fashion_mnist_split("test", isolated / "data")
+    arrays = synthetic_arrays()
+    arrays[TEST_LABELS] = arrays[TEST_LABELS][:-1]
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    with pytest.raises(DataError, match=r"holds 5 images but .*t10k-labels.* holds 4 labels"):
+        load_fashion_mnist_split("test", isolated / "data")
+
+
+def test_the_search_takes_the_first_place_holding_the_split(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    paths = write_dataset(isolated / "env", arrays, monkeypatch)
+    for name in (TRAIN_IMAGES, TRAIN_LABELS):
+        paths[name].unlink()
+    monkeypatch.setenv("NNSCRATCH_DATA", str(isolated / "env"))
+    monkeypatch.setattr(datasets, "DEBIAN_DIR", isolated / "debian")
+    x, _ = load_fashion_mnist_split("test", download=False)  # the env directory, no warning
+    np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+    with pytest.warns(RuntimeWarning, match="holds 2 of the 4 Fashion-MNIST files"):
+        with pytest.raises(DataError, match="download=False"):
+            load_fashion_mnist(download=False)
+    with pytest.warns(RuntimeWarning, match="holds 0 of the 2 Fashion-MNIST train files"):
+        with pytest.raises(DataError, match=f"{TRAIN_LABELS}, each .gz or raw"):
+            load_fashion_mnist_split("train", download=False)
+
+
+def test_a_split_download_fetches_only_that_split(isolated: Path, http_server, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "served", arrays, monkeypatch)
+    monkeypatch.setattr(datasets, "BASE_URL", http_server)
+    x, y = load_fashion_mnist_split("test")
+    np.testing.assert_array_equal(y, arrays[TEST_LABELS])
+    assert sorted(p.name for p in user_cache(isolated).glob("*.gz")) == [
+        f"{TEST_IMAGES}.gz", f"{TEST_LABELS}.gz"]
+
+
+def test_loading_one_split_keeps_the_other_in_the_array_cache(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    load_fashion_mnist_split("test", isolated / "data")
+    load_fashion_mnist_split("train", isolated / "data")  # adds to the cache, not replaces
+
+    def must_not_verify(*args, **kwargs):
+        raise AssertionError("source files were re-verified despite a valid cache")
+
+    monkeypatch.setattr(datasets, "read_idx_file", must_not_verify)
+    assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
+    x, _ = load_fashion_mnist_split("test", isolated / "data")
+    np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+
+
+def test_a_split_from_other_files_is_reverified_and_the_rest_kept(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    load_fashion_mnist(isolated / "data")
+    # The same test files in another directory: the cache's test entries are for the
+    # first place, so those two are verified again, and the train entries stay.
+    other = isolated / "other"
+    other.mkdir()
+    for name in (TEST_IMAGES, TEST_LABELS):
+        (other / f"{name}.gz").write_bytes((isolated / "data" / f"{name}.gz").read_bytes())
+    verified = []
+    real_read = datasets.read_idx_file
+
+    def counting(path, **kwargs):
+        verified.append(Path(path).name)
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(datasets, "read_idx_file", counting)
+    x, _ = load_fashion_mnist_split("test", other)
+    np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+    assert sorted(verified) == sorted([f"{TEST_IMAGES}.gz", f"{TEST_LABELS}.gz"])
+    verified.clear()
+    load_fashion_mnist_split("train", isolated / "data")
+    assert verified == []  # still cached
 
 
 # --- decoded-array cache ------------------------------------------------------

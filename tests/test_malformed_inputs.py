@@ -645,7 +645,7 @@ def test_bad_data_dir_through_the_cli_is_a_one_line_error(
     assert code == 1
     assert len(err.strip().splitlines()) == 1
     assert err.startswith("nnscratch evaluate: error: ")
-    assert str(paths["train-images-idx3-ubyte"]) in err
+    assert str(paths["t10k-images-idx3-ubyte"]) in err  # evaluate reads only the test pair
 
 
 # ---- command lines ----------------------------------------------------------------------
