@@ -71,6 +71,15 @@ SHA256: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
+# Decompressed sizes: a file larger than this is not the one wanted, and is never read
+# further (a small .gz can inflate to gigabytes).
+MAX_SIZE: dict[str, int] = {
+    "train-images-idx3-ubyte": 16 + 60000 * IMAGE_SIDE * IMAGE_SIDE,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * IMAGE_SIDE * IMAGE_SIDE,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+
 # Module-level so tests (and unusual setups) can redirect them.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package dataset-fashion-mnist
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -157,29 +166,47 @@ def parse_idx(data: bytes, *, name: str, expect_magic: int) -> np.ndarray:
 
 
 def read_idx_file(
-    path: str | os.PathLike[str], *, expect_magic: int, sha256: str | None = None
+    path: str | os.PathLike[str], *, expect_magic: int, sha256: str | None = None,
+    max_size: int | None = None,
 ) -> np.ndarray:
     """Read and parse an IDX file, gzip-compressed if its name ends in ``.gz``.
 
     If ``sha256`` is given it must match the hash of the *decompressed* bytes.
+    If ``max_size`` is given, a file holding more (decompressed) bytes is refused
+    after reading ``max_size + 1`` of them, however large it is.
 
     Raises:
-        DataError: the file cannot be read, is not valid gzip, fails
-            :func:`parse_idx`, or has a different hash.
+        DataError: the file cannot be read, is not valid gzip, is larger than
+            ``max_size``, fails :func:`parse_idx`, or has a different hash.
     """
     path = Path(path)
+    limit = -1 if max_size is None else max_size + 1
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")
     except OSError as exc:
         raise DataError(f"{path}: could not read the file ({exc}). {_REPLACE_HINT}") from None
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
-            raise DataError(
-                f"{path}: expected valid gzip data, found a corrupt or truncated "
-                f"file ({type(exc).__name__}: {exc}). {_REPLACE_HINT}"
-            ) from None
+    with handle:
+        if path.suffix == ".gz":
+            try:
+                with gzip.GzipFile(fileobj=handle) as unzipped:
+                    data = unzipped.read(limit)
+            except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+                raise DataError(
+                    f"{path}: expected valid gzip data, found a corrupt or truncated "
+                    f"file ({type(exc).__name__}: {exc}). {_REPLACE_HINT}"
+                ) from None
+        else:
+            try:
+                data = handle.read(limit)
+            except OSError as exc:
+                raise DataError(
+                    f"{path}: could not read the file ({exc}). {_REPLACE_HINT}") from None
+    if max_size is not None and len(data) > max_size:
+        raise DataError(
+            f"{path}: this is not the expected Fashion-MNIST file: it holds more than "
+            f"the file's {max_size} bytes{' (decompressed)' if path.suffix == '.gz' else ''}. "
+            f"{_REPLACE_HINT}"
+        )
 
     array = parse_idx(data, name=str(path), expect_magic=expect_magic)
     # Hash after parsing: a truncated file gets the more precise message above.
@@ -379,7 +406,7 @@ def _download(cache_dir: Path, searched: list[Path], log: Log,
                 cache_dir / f"{name}.gz",
                 lambda f, url=url: _fetch(url, f),
                 check=lambda tmp, name=name: read_idx_file(
-                    tmp, expect_magic=_MAGIC[name], sha256=SHA256[name]
+                    tmp, expect_magic=_MAGIC[name], sha256=SHA256[name], max_size=MAX_SIZE[name]
                 ),
                 keep_suffix=True,  # read_idx_file tells .gz by the name
             )
@@ -406,7 +433,8 @@ def _fetch(url: str, out: BinaryIO) -> None:
 def _verify_sources(sources: dict[str, Path], log: Log) -> dict[str, np.ndarray]:
     start = time.perf_counter()
     arrays = {
-        name: read_idx_file(sources[name], expect_magic=_MAGIC[name], sha256=SHA256[name])
+        name: read_idx_file(sources[name], expect_magic=_MAGIC[name], sha256=SHA256[name],
+                            max_size=MAX_SIZE[name])
         for name in FILE_NAMES if name in sources
     }
     # Redundant for the real files (the hashes pin them down), but they keep
@@ -480,8 +508,8 @@ def _load_array_cache(fingerprint: Fingerprint, log: Log) -> dict[str, np.ndarra
     except FileNotFoundError:
         log(f"no array cache in {cache_dir}")
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged cache: rebuild it
-        log(f"array cache in {cache_dir} is unusable ({exc}); re-verifying")
+    except Exception as exc:  # noqa: BLE001 - a cache damaged in any way is rebuilt, never fatal
+        log(f"array cache in {cache_dir} is unusable ({type(exc).__name__}: {exc}); re-verifying")
         return None
     log(f"loaded arrays from cache {cache_dir}")
     return arrays
@@ -521,7 +549,7 @@ def _write_array_cache(fingerprint: Fingerprint, arrays: dict[str, np.ndarray], 
             if name not in arrays and name in old["sources"] and name in old["shapes"]:
                 manifest["sources"][name] = old["sources"][name]
                 manifest["shapes"][name] = old["shapes"][name]
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start anew
+    except Exception:  # noqa: BLE001 - none yet, or damaged in any way: start anew
         pass
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

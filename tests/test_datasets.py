@@ -223,6 +223,58 @@ def test_truncated_gzip_is_reported_with_the_file_name(tmp_path: Path):
         read_idx_file(path, expect_magic=IMAGE_MAGIC)
 
 
+def _peak_bytes(action) -> int:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        action()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_gzip_inflating_past_the_expected_size_is_refused_without_inflating_it(
+        isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    paths = write_dataset(isolated / "data", arrays, monkeypatch)
+    monkeypatch.setitem(datasets.MAX_SIZE, TEST_IMAGES, 16 + 5 * 28 * 28)
+    # A valid header for 5 images, then 64 MB of zeros: a ~64 KB file.
+    bomb = gzip.compress(idx_bytes(arrays[TEST_IMAGES]) + bytes(64 << 20), compresslevel=9)
+    paths[TEST_IMAGES].write_bytes(bomb)
+    assert len(bomb) < 1 << 20
+
+    def load():
+        with pytest.raises(DataError, match=r"holds more than the file's 3936 bytes "
+                                            r"\(decompressed\)"):
+            load_fashion_mnist_split("test", isolated / "data")
+
+    assert _peak_bytes(load) < 4 << 20
+
+
+def test_a_raw_file_larger_than_expected_is_refused_without_reading_it_all(
+        isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    paths = write_dataset(isolated / "data", arrays, monkeypatch, compress=False)
+    monkeypatch.setitem(datasets.MAX_SIZE, TEST_IMAGES, 16 + 5 * 28 * 28)
+    with open(paths[TEST_IMAGES], "r+b") as handle:
+        handle.truncate(1 << 30)  # sparse: 1 GB that takes no disk
+    def load():
+        with pytest.raises(DataError, match=r"holds more than the file's 3936 bytes\. "):
+            load_fashion_mnist_split("test", isolated / "data")
+
+    assert _peak_bytes(load) < 4 << 20
+
+
+def test_the_expected_sizes_are_the_real_files(real_data_env):
+    for name in datasets.FILE_NAMES:
+        path = next(p for p in (datasets.DEBIAN_DIR / f"{name}.gz", datasets.DEBIAN_DIR / name)
+                    if p.is_file())
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            assert len(handle.read()) == datasets.MAX_SIZE[name], name
+
+
 def test_unreadable_file_is_a_data_error(tmp_path: Path):
     with pytest.raises(DataError, match="could not read"):
         read_idx_file(tmp_path / "missing.gz", expect_magic=LABEL_MAGIC)
@@ -623,6 +675,29 @@ def test_damaged_array_cache_falls_back_to_verification(isolated: Path, monkeypa
     assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
     # ...and the cache was rewritten.
     assert np.load(cache / f"{TRAIN_IMAGES}.npy").shape == (12, 28, 28)
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(("manifest", b'{"sources": [], "shapes": {}}'), id="sources-a-list"),
+    pytest.param(("manifest", b'{"sources": "abc", "shapes": {}}'), id="sources-a-string"),
+    pytest.param(("manifest", b'{"sources": null}'), id="sources-null"),
+    pytest.param(("manifest", b'[1, 2]'), id="manifest-a-list"),
+    pytest.param(("npy", b""), id="npy-empty"),
+    pytest.param(("npy", b"PK\x03\x04" + bytes(60)), id="npy-a-zip"),
+])
+def test_any_damage_to_the_cache_is_rebuilt_not_raised(isolated: Path, monkeypatch, damage):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "data", arrays, monkeypatch)
+    load_fashion_mnist(isolated / "data")
+    cache = user_cache(isolated) / datasets.ARRAY_CACHE_SUBDIR
+    what, data = damage
+    (cache / (datasets.MANIFEST_NAME if what == "manifest" else f"{TEST_LABELS}.npy")
+     ).write_bytes(data)
+    for _ in range(2):  # rebuilt the first time, and used the second
+        x, y = load_fashion_mnist_split("test", isolated / "data")
+        np.testing.assert_array_equal(y, arrays[TEST_LABELS])
+    assert_arrays_equal(load_fashion_mnist(isolated / "data"), arrays)
+    assert np.load(cache / f"{TEST_LABELS}.npy").shape == (5,)
 
 
 def test_cached_labels_out_of_range_fall_back_to_verification(isolated: Path, monkeypatch):
