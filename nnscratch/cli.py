@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--val-size", positive_int, "validation images held out of the 60k")
     option("--seed", non_negative_int, "seed of the one generator: split, init, shuffling, dropout")
     t.add_argument("--out", type=path_name, help="output directory (default: a new runs/<timestamp>/)")
-    t.add_argument("--data-dir", type=Path,
+    t.add_argument("--data-dir", type=path_name,
                    help="directory with the four Fashion-MNIST files (default: search, see README)")
     t.add_argument("--resume", type=Path, metavar="DIR_OR_CHECKPOINT",
                    help="continue an interrupted run from its directory or checkpoint.npz")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test accuracy, loss and per-class report of a model file",
                        description="Evaluate a model file on the Fashion-MNIST test set.")
     e.add_argument("model", type=Path, help="a model.npz written by nnscratch")
-    e.add_argument("--data-dir", type=Path,
+    e.add_argument("--data-dir", type=path_name,
                    help="directory with the Fashion-MNIST test files (t10k-*; the training "
                         "files are not needed)")
     e.add_argument("--confusion-matrix", type=png_path, metavar="PNG",
@@ -215,8 +215,10 @@ def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
     try:
         with warnings.catch_warnings():
             # A warning is one line for the user, not a source location.
+            # (Library warnings start "nnscratch: " for Python users; the line already says so.)
             warnings.showwarning = lambda message, *_, **__: print(
-                f"nnscratch {args.command}: warning: {message}", file=sys.stderr)
+                f"nnscratch {args.command}: warning: {str(message).removeprefix('nnscratch: ')}",
+                file=sys.stderr)
             if args.command == "train":
                 return cmd_train(args, command)
             if args.command == "evaluate":
@@ -750,6 +752,8 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     _check_file(parser, args.model, "model")
     created: list[Path] = []
     if args.confusion_matrix is not None:
+        # normpath: "a/../b/cm.png" is checked, created and cleaned up as "b/cm.png".
+        args.confusion_matrix = Path(os.path.normpath(args.confusion_matrix))
         _refuse_unusable_file(parser, args.confusion_matrix, "--confusion-matrix")
         created = _make_out_dir(args.confusion_matrix.parent, "--confusion-matrix")
     try:

@@ -340,12 +340,15 @@ def _find_sources(
         directory = Path(data_dir).expanduser()
         default_places = ("or leave the data directory out (no --data-dir, no data_dir in "
                           "Python) to use the default locations.")
-        if not directory.exists():
+        state = _state(directory)
+        if state == "does not exist":
             raise DataError(f"{directory}: the data directory does not exist. Create it with "
                             f"{what}, {default_places}")
-        if not directory.is_dir():
+        if state == "is not a directory":
             raise DataError(f"{directory}: is a file; the data directory must be the directory "
                             f"holding {what}")
+        if state != "is a directory":
+            raise DataError(f"{directory}: the data directory {state}")
         found = _locate(directory, names)
         missing = [name for name in names if name not in found]
         if missing:
@@ -360,22 +363,40 @@ def _find_sources(
     searched = [Path(env_dir).expanduser()] if env_dir else []
     searched += [_user_cache_dir(), Path(DEBIAN_DIR)]
     for directory in searched:
-        found = _locate(directory, names)
+        chosen = env_dir and directory == searched[0]
+        try:
+            found = _locate(directory, names)
+        except DataError:
+            if not chosen:
+                raise
+            found = {}  # unsearchable: the warning below says why
         if len(found) == len(names):
             log(f"using Fashion-MNIST files in {directory}")
             return found
         log(f"{directory}: {len(found)} of {len(names)} files present, skipping")
-        if env_dir and directory == searched[0]:
+        if chosen:
             # The user pointed us there on purpose: say why it was not used.
-            state = ("does not exist" if not directory.exists() else "is not a directory"
-                     if not directory.is_dir() else
-                     f"holds {len(found)} of the {len(names)} {_kind(names)}")
+            state = _state(directory)
+            if state == "is a directory":
+                state = f"holds {len(found)} of the {len(names)} {_kind(names)}"
             warnings.warn(f"nnscratch: {ENV_VAR}={env_dir} {state}; looking in the other "
                           "places instead", RuntimeWarning, stacklevel=4)
 
     if not download:
         raise _not_found_error(searched, "download=False, so nothing was downloaded", names)
     return _download(_user_cache_dir(), searched, log, names)
+
+
+def _state(directory: Path) -> str:
+    """'is a directory', 'does not exist', 'is not a directory', or 'cannot be
+    searched (why)' for a path whose checking itself fails (a name too long, a
+    parent we may not enter)."""
+    try:
+        if not directory.exists():
+            return "does not exist"
+        return "is a directory" if directory.is_dir() else "is not a directory"
+    except OSError as exc:
+        return f"cannot be searched ({exc.strerror or exc})"
 
 
 def _not_found_error(searched: list[Path], reason: str,

@@ -54,6 +54,8 @@ def model_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--out", ""], "invalid non-empty path value"),
+    (["train", "--data-dir", " "], "invalid non-empty path value"),
+    (["evaluate", "{model}", "--data-dir", ""], "invalid non-empty path value"),
     (["train", "--hidden", "100000", "100000"], "parameters; a model file holds at most"),
     (["evaluate", "{model}", "--confusion-matrix", "cm.jpg"], "file name ending in .png"),
     (["evaluate", "{model}", "--confusion-matrix", "pp/.png"], "file name ending in .png"),
@@ -167,7 +169,7 @@ def test_warnings_are_one_line_without_source_locations(model_file, monkeypatch,
     _patch_data(monkeypatch, warn_then_fail)
     assert exit_status(["evaluate", str(model_file)]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "nnscratch evaluate: warning: nnscratch: NNSCRATCH_DATA=x holds 0 of the 4 files",
+        "nnscratch evaluate: warning: NNSCRATCH_DATA=x holds 0 of the 4 files",  # one prefix
         "nnscratch evaluate: error: no data",
     ]
 
@@ -199,13 +201,14 @@ def test_an_out_path_with_dotdot_is_checked_as_the_place_it_names(tmp_path, monk
     assert not (tmp_path / "done" / "new").exists()
 
 
+@pytest.mark.parametrize("target", ["new/deeper/cm.png", "n1/../new/deeper/cm.png"])
 def test_a_confusion_matrix_folder_made_for_a_failed_evaluate_is_removed(
-        model_file, tmp_path, monkeypatch, capsys):
+        target, model_file, tmp_path, monkeypatch, capsys):
     _patch_data(monkeypatch, no_data)
-    target = tmp_path / "new" / "deeper" / "cm.png"
-    assert exit_status(["evaluate", str(model_file), "--confusion-matrix", str(target)]) == 1
+    monkeypatch.chdir(tmp_path)
+    assert exit_status(["evaluate", str(model_file), "--confusion-matrix", target]) == 1
     assert "no data here" in capsys.readouterr().err
-    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no n1, no new
 
 
 def test_an_unwritable_confusion_matrix_place_fails_before_evaluating(model_file, monkeypatch, capsys):

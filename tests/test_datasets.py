@@ -373,6 +373,21 @@ def test_data_dir_that_is_a_file_or_unsearchable_is_a_data_error(isolated: Path,
         load_fashion_mnist(isolated)
 
 
+def test_a_data_directory_that_cannot_be_searched_is_a_data_error(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "debian", arrays, monkeypatch)
+    monkeypatch.setattr(datasets, "DEBIAN_DIR", isolated / "debian")
+    too_long = isolated / ("a" * 5000)  # checking it fails: ENAMETOOLONG
+    with pytest.raises(DataError, match=r"the data directory cannot be searched \(File name"):
+        load_fashion_mnist_split("test", too_long)
+    # From NNSCRATCH_DATA it is a warning, and the search goes on (as README says).
+    monkeypatch.setenv("NNSCRATCH_DATA", str(too_long))
+    with pytest.warns(RuntimeWarning, match=r"cannot be searched \(File name too long\); "
+                                            "looking in the other places"):
+        x, _ = load_fashion_mnist_split("test")
+    np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+
+
 def test_complete_but_bad_directory_is_an_error_not_skipped(isolated: Path, monkeypatch):
     arrays = synthetic_arrays()
     write_dataset(isolated / "debian", arrays, monkeypatch)
