@@ -284,8 +284,7 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
         if ckpt.name == "model.npz":
             parser.error(f"--resume {args.resume}: that is a trained model, not a checkpoint; "
                          f"give the run's folder or its checkpoint.npz")
-        # normpath: "a/b/.." must be checked (and created) as "a", the place written to.
-        out = Path(os.path.normpath(args.out)) if args.out is not None else ckpt.parent
+        out = _place(args.out) if args.out is not None else ckpt.parent
         # Only a folder's own checkpoint.npz continues the run in that folder; any
         # other checkpoint must not write over a run it does not belong to.
         if out.resolve() != ckpt.parent.resolve() or ckpt.name != "checkpoint.npz":
@@ -304,10 +303,19 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
     if n_params > MAX_PARAMETERS:
         parser.error(f"--hidden {' '.join(map(str, config['hidden']))} makes {n_params:,} "
                      f"parameters; a model file holds at most {MAX_PARAMETERS:,}")
-    out = (Path(os.path.normpath(args.out)) if args.out is not None
+    out = (_place(args.out) if args.out is not None
            else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     _refuse_unusable_out(parser, out)
     return config, out, None
+
+
+def _place(path: Path) -> Path:
+    """The place ``path`` names, as it must be checked, created and cleaned up: "a/b/.."
+    is "a" (else a run would create "a/b" and clean up nothing). With "..", the
+    real path, since "link/.." is the parent of wherever the link points."""
+    if ".." in path.parts:
+        return Path(os.path.realpath(path))
+    return Path(os.path.normpath(path))
 
 
 def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path) -> None:
@@ -752,8 +760,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     _check_file(parser, args.model, "model")
     created: list[Path] = []
     if args.confusion_matrix is not None:
-        # normpath: "a/../b/cm.png" is checked, created and cleaned up as "b/cm.png".
-        args.confusion_matrix = Path(os.path.normpath(args.confusion_matrix))
+        args.confusion_matrix = _place(args.confusion_matrix)
         _refuse_unusable_file(parser, args.confusion_matrix, "--confusion-matrix")
         created = _make_out_dir(args.confusion_matrix.parent, "--confusion-matrix")
     try:

@@ -15,12 +15,14 @@ calls memory-map them and hash them again as the IDX files they came from
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
 import json
 import math
 import os
+import stat
 import struct
 import sys
 import time
@@ -317,18 +319,34 @@ def _user_cache_dir() -> Path:
 
 def _locate(directory: Path, names: tuple[str, ...] = FILE_NAMES) -> dict[str, Path]:
     """Map each of ``names`` to ``NAME.gz`` or ``NAME`` in ``directory``, if present."""
+    try:
+        return _files_in(directory, names)
+    except OSError as exc:  # e.g. a directory we may not search
+        raise _cannot_search(directory, exc) from None
+
+
+def _files_in(directory: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """``_locate``, raising the OSError of a directory that cannot be searched."""
     found = {}
     for name in names:
         for candidate in (directory / f"{name}.gz", directory / name):
+            # os.stat, not Path.is_file: since Python 3.14 that returns False on any
+            # OSError, which would make an unsearchable directory look empty.
             try:
-                present = candidate.is_file()
-            except OSError as exc:  # e.g. a directory we may not search
-                raise DataError(f"{directory}: cannot look for the Fashion-MNIST files there "
-                                f"({exc.strerror or exc})") from None
+                present = stat.S_ISREG(os.stat(candidate).st_mode)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise
+                present = False  # absent, or a dangling or looping link
             if present:
                 found[name] = candidate
                 break
     return found
+
+
+def _cannot_search(directory: Path, exc: OSError) -> DataError:
+    return DataError(f"{directory}: cannot look for the Fashion-MNIST files there "
+                     f"({exc.strerror or exc})")
 
 
 def _find_sources(
@@ -364,19 +382,21 @@ def _find_sources(
     searched += [_user_cache_dir(), Path(DEBIAN_DIR)]
     for directory in searched:
         chosen = env_dir and directory == searched[0]
+        blocked = None
         try:
-            found = _locate(directory, names)
-        except DataError:
+            found = _files_in(directory, names)
+        except OSError as exc:
             if not chosen:
-                raise
-            found = {}  # unsearchable: the warning below says why
+                raise _cannot_search(directory, exc) from None
+            found, blocked = {}, exc  # the warning below says why
         if len(found) == len(names):
             log(f"using Fashion-MNIST files in {directory}")
             return found
         log(f"{directory}: {len(found)} of {len(names)} files present, skipping")
         if chosen:
             # The user pointed us there on purpose: say why it was not used.
-            state = _state(directory)
+            state = (f"cannot be searched ({blocked.strerror or blocked})" if blocked
+                     else _state(directory))
             if state == "is a directory":
                 state = f"holds {len(found)} of the {len(names)} {_kind(names)}"
             warnings.warn(f"nnscratch: {ENV_VAR}={env_dir} {state}; looking in the other "
@@ -392,11 +412,12 @@ def _state(directory: Path) -> str:
     searched (why)' for a path whose checking itself fails (a name too long, a
     parent we may not enter)."""
     try:
-        if not directory.exists():
-            return "does not exist"
-        return "is a directory" if directory.is_dir() else "is not a directory"
+        mode = os.stat(directory).st_mode  # (not Path.exists: see _files_in)
     except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return "does not exist"
         return f"cannot be searched ({exc.strerror or exc})"
+    return "is a directory" if stat.S_ISDIR(mode) else "is not a directory"
 
 
 def _not_found_error(searched: list[Path], reason: str,
@@ -406,7 +427,7 @@ def _not_found_error(searched: list[Path], reason: str,
         f"Fashion-MNIST files ({', '.join(names)}, each .gz or raw) not "
         f"found in: {where}; {reason}. To fix: set {ENV_VAR}=/path/to/dir holding "
         f"{_describe(names)}, or run `sudo apt-get install dataset-fashion-mnist`, "
-        "or connect to the internet and let load_fashion_mnist(download=True) "
+        "or connect to the internet and let the loader (download=True) "
         f"fetch them from {BASE_URL}."
     )
 
@@ -425,7 +446,8 @@ def _download(cache_dir: Path, searched: list[Path], log: Log,
             log(f"downloading {url}")
             atomic_write(
                 cache_dir / f"{name}.gz",
-                lambda f, url=url: _fetch(url, f),
+                # (deflate adds at most 5 bytes per 64 KB block, gzip ~20 of header)
+                lambda f, url=url, name=name: _fetch(url, f, MAX_SIZE[name] * 101 // 100 + 4096),
                 check=lambda tmp, name=name: read_idx_file(
                     tmp, expect_magic=_MAGIC[name], sha256=SHA256[name], max_size=MAX_SIZE[name]
                 ),
@@ -442,9 +464,15 @@ def _download(cache_dir: Path, searched: list[Path], log: Log,
     return _locate(cache_dir, names)
 
 
-def _fetch(url: str, out: BinaryIO) -> None:
+def _fetch(url: str, out: BinaryIO, max_size: int) -> None:
+    """Copy ``url`` into ``out``, refusing more than ``max_size`` bytes."""
+    written = 0
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
         while chunk := response.read(1 << 20):
+            written += len(chunk)
+            if written > max_size:
+                raise DataError(f"the server sent more than {max_size} bytes, more than the "
+                                "real file's gzip can hold")
             out.write(chunk)
 
 

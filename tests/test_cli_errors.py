@@ -211,6 +211,26 @@ def test_a_confusion_matrix_folder_made_for_a_failed_evaluate_is_removed(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no n1, no new
 
 
+def test_paths_with_dotdot_through_a_symlink_name_the_place_the_system_does(
+        model_file, tmp_path, monkeypatch, capsys):
+    # "link/.." is the parent of where the link points, not the folder holding the link.
+    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "elsewhere" / "sub")
+    monkeypatch.chdir(tmp_path / "work")
+    _patch_data(monkeypatch, no_data)
+    assert exit_status(["evaluate", str(model_file), "--confusion-matrix",
+                        "link/../plots/cm.png"]) == 1
+    assert not (tmp_path / "elsewhere" / "plots").exists()  # created, then removed again
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["link"]
+    capsys.readouterr()
+    _patch_data(monkeypatch, must_not_load_data)
+    (tmp_path / "elsewhere" / "done").mkdir()
+    (tmp_path / "elsewhere" / "done" / "model.npz").write_bytes(b"a finished run")
+    assert exit_status(["train", "--out", "link/../done"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
 def test_an_unwritable_confusion_matrix_place_fails_before_evaluating(model_file, monkeypatch, capsys):
     _patch_data(monkeypatch, must_not_load_data)
     assert exit_status(["evaluate", str(model_file), "--confusion-matrix", "/proc/nnscratch/cm.png"]) == 1

@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -365,10 +366,14 @@ def test_data_dir_that_is_a_file_or_unsearchable_is_a_data_error(isolated: Path,
     with pytest.raises(DataError, match="is a file; the data directory must be the directory"):
         load_fashion_mnist(isolated / "file")
 
-    def refuse(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    real_stat = os.stat
 
-    monkeypatch.setattr(Path, "is_file", refuse)
+    def refuse(path, *args, **kwargs):  # a folder without the x bit (we are root)
+        if Path(path).parent == isolated:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.os, "stat", refuse)
     with pytest.raises(DataError, match="cannot look for the Fashion-MNIST files there"):
         load_fashion_mnist(isolated)
 
@@ -386,6 +391,29 @@ def test_a_data_directory_that_cannot_be_searched_is_a_data_error(isolated: Path
                                             "looking in the other places"):
         x, _ = load_fashion_mnist_split("test")
     np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+
+
+def test_an_unsearchable_env_directory_warns_with_the_reason(isolated: Path, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "env", arrays, monkeypatch)
+    write_dataset(isolated / "debian", arrays, monkeypatch)
+    monkeypatch.setattr(datasets, "DEBIAN_DIR", isolated / "debian")
+    monkeypatch.setenv("NNSCRATCH_DATA", str(isolated / "env"))
+    real_stat = os.stat
+
+    def no_search(path, *args, **kwargs):  # what a folder without the x bit gives (we are root)
+        if Path(path).parent == isolated / "env":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.os, "stat", no_search)
+    with pytest.warns(RuntimeWarning, match=r"env cannot be searched \(Permission denied\); "
+                                            "looking in the other places"):
+        x, _ = load_fashion_mnist_split("test")
+    np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
+    with pytest.raises(DataError, match=r"env: cannot look for the Fashion-MNIST files there "
+                                        r"\(Permission denied\)"):
+        load_fashion_mnist_split("test", isolated / "env")
 
 
 def test_complete_but_bad_directory_is_an_error_not_skipped(isolated: Path, monkeypatch):
@@ -474,6 +502,19 @@ def test_download_of_wrong_file_leaves_no_partial_file(isolated: Path, http_serv
     assert [p.name for p in user_cache(isolated).iterdir() if p.is_file()] == []
 
 
+def test_a_download_larger_than_the_real_file_is_cut_off_and_discarded(
+        isolated: Path, http_server, monkeypatch):
+    arrays = synthetic_arrays()
+    write_dataset(isolated / "served", arrays, monkeypatch)
+    (isolated / "served" / f"{TEST_LABELS}.gz").write_bytes(os.urandom(3 << 20))
+    monkeypatch.setattr(datasets, "BASE_URL", http_server)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: the downloaded file failed "
+                                        r"verification .*the server sent more than 14204 bytes"):
+        load_fashion_mnist_split("test")
+    assert sorted(p.name for p in user_cache(isolated).iterdir() if p.is_file()) == [
+        f"{TEST_IMAGES}.gz"]  # the good one is kept, nothing of the other
+
+
 def test_download_only_fetches_files_missing_from_the_cache(
     isolated: Path, http_server, monkeypatch
 ):
@@ -555,7 +596,9 @@ def test_the_search_takes_the_first_place_holding_the_split(isolated: Path, monk
         paths[name].unlink()
     monkeypatch.setenv("NNSCRATCH_DATA", str(isolated / "env"))
     monkeypatch.setattr(datasets, "DEBIAN_DIR", isolated / "debian")
-    x, _ = load_fashion_mnist_split("test", download=False)  # the env directory, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the env directory, with no warning
+        x, _ = load_fashion_mnist_split("test", download=False)
     np.testing.assert_array_equal(x, arrays[TEST_IMAGES])
     with pytest.warns(RuntimeWarning, match="holds 2 of the 4 Fashion-MNIST files"):
         with pytest.raises(DataError, match="download=False"):
