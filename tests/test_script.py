@@ -41,3 +41,16 @@ def test_training_script_checks_its_options_before_any_work(tmp_path: Path) -> N
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert (tmp_path / "done" / "model.npz").read_bytes() == b"a finished run"
+
+
+def test_the_pytorch_comparison_says_when_pytorch_is_missing() -> None:
+    # PyTorch is not a dependency (CI does not have it): the script must say so in one
+    # line, exit 1, and not start any work. Hidden here, wherever it is installed.
+    hide_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1]]; "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run(
+        [sys.executable, "-c", hide_torch, str(ROOT / "scripts" / "compare_with_pytorch.py")],
+        capture_output=True, text=True, env=helpers.cli_env())
+    assert result.returncode == 1
+    assert result.stderr == ("compare_with_pytorch.py: PyTorch is not installed "
+                             "(pip install torch==2.13.0)\n")
