@@ -27,8 +27,14 @@ Kinks (ReLU at 0) are detected, not guessed: on a smooth function the
 central differences with steps h and h/2 agree to O(h^2), and the gap between
 the one-sided slopes shrinks with h. Where either fails, L is not
 differentiable within h of that point; the entry is counted as a kink and
-skipped. Differences below float64 rounding noise (about eps |L| / h) are
-not counted as errors.
+skipped. A tensor with no entry left to check is inconclusive: not passed,
+and reported as such, not as a wrong gradient. Differences below float64
+rounding noise (about eps |L| / h) are not counted as errors.
+
+It also checks the layer contract that the optimizer relies on: backward must
+overwrite every entry of its gradient arrays (backward runs twice, on arrays
+holding zeros and then ones, and must give the same gradients: a ``+=``
+does not), and a layer's backward must not change its argument dy.
 """
 
 from __future__ import annotations
@@ -60,6 +66,12 @@ class ParamCheck:
     numeric: float
     passed: bool
 
+    @property
+    def inconclusive(self) -> bool:
+        """No entry could be checked: each was within h of a kink."""
+        return self.checked == 0
+
+
 
 @dataclass
 class GradcheckResult:
@@ -86,15 +98,17 @@ class GradcheckResult:
         for c in self.checks:
             lines.append(f"{c.name:<18} {str(c.shape):<14} {c.checked:>7} {c.skipped_kinks:>5} "
                          f"{c.max_rel_error:>11.2e}  {c.analytic:>12.5e} {c.numeric:>12.5e}  "
-                         f"{'ok' if c.passed else 'FAIL'}")
-        lines.append(f"{'PASSED' if self.passed else 'FAILED'}: max relative error "
-                     f"{self.max_rel_error:.2e} (tolerance {self.tol:.0e})")
-        unchecked = [c.name for c in self.checks if c.checked == 0 and c.skipped_kinks]
+                         f"{'ok' if c.passed else 'n/a' if c.inconclusive else 'FAIL'}")
+        failed = any(not c.passed and not c.inconclusive for c in self.checks)
+        verdict = "PASSED" if self.passed else "FAILED" if failed else "INCONCLUSIVE"
+        lines.append(f"{verdict}: max relative error {self.max_rel_error:.2e} "
+                     f"(tolerance {self.tol:.0e})")
+        unchecked = [c.name for c in self.checks if c.inconclusive]
         if unchecked:
-            lines.append(f"no entry of {', '.join(unchecked)} could be checked: each looked like a "
-                         f"kink, which is what a forward that changes between identical calls "
-                         f"looks like (randomness from a source other than a numpy Generator "
-                         f"attribute of the module, which gradcheck resets before every call)")
+            lines.append(f"no entry of {', '.join(unchecked)} could be checked: each was within h "
+                         f"of a point where L is not differentiable (a ReLU at 0, say: zero "
+                         f"inputs or biases), or L curves too much for h; check at other "
+                         f"values, or with a smaller h")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -103,13 +117,24 @@ class GradcheckResult:
 
 def _generators(module: Layer | Sequential) -> list[np.random.Generator]:
     """Every numpy Generator held by the module or its layers, whatever the
-    attribute is called (Dropout's ``rng``, a custom layer's own)."""
-    layers = module.layers if isinstance(module, Sequential) else [module]
+    attribute is called (Dropout's ``rng``, a custom layer's own), including
+    those of layers held inside a layer (directly or in a list, tuple or dict)."""
     found: dict[int, np.random.Generator] = {}
-    for owner in [module, *layers]:
+    seen: set[int] = set()
+    pending: list[Any] = [module]
+    while pending:
+        owner = pending.pop()
+        if id(owner) in seen:
+            continue
+        seen.add(id(owner))
         for value in vars(owner).values():
-            if isinstance(value, np.random.Generator):
-                found[id(value)] = value
+            items = (list(value.values()) if isinstance(value, dict)
+                     else list(value) if isinstance(value, (list, tuple)) else [value])
+            for item in items:
+                if isinstance(item, np.random.Generator):
+                    found[id(item)] = item
+                elif isinstance(item, (Layer, Sequential)):
+                    pending.append(item)
     return list(found.values())
 
 
@@ -132,6 +157,16 @@ def gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, *
         if not ok:
             raise ValueError(f"gradcheck: {name} must be a finite number > 0, got {value!r}")
     max_entries = positive_int("gradcheck: max_entries", max_entries)
+    if isinstance(module, type):
+        raise TypeError(f"gradcheck: got the class {module.__name__}, not an instance of it; "
+                        f"pass {module.__name__}(...)")
+    if not isinstance(module, (Layer, Sequential, SoftmaxCrossEntropy)):
+        raise TypeError(f"gradcheck: expected a Layer, a Sequential or a SoftmaxCrossEntropy, got "
+                        f"{type(module).__name__}")
+    if isinstance(module, Layer) and not all(hasattr(module, a) for a in
+                                             ("params", "grads", "training")):
+        raise TypeError(f"gradcheck: {type(module).__name__} lacks what Layer.__init__ sets up "
+                        "(params, grads, training); did its __init__ call super().__init__()?")
     if isinstance(module, Sequential):
         params = module.parameters()
     elif isinstance(module, SoftmaxCrossEntropy):
@@ -181,37 +216,71 @@ def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, 
         def objective() -> float:
             return module.forward(x, labels)
 
-        objective()
-        dx = module.backward().copy()
+        def backward() -> np.ndarray:
+            return module.backward().copy()
     elif isinstance(module, Sequential):
+        inputs = x if module._flattens_input() else x.reshape(len(x), -1)
 
         def objective() -> float:
             restore_rngs()
             # x itself, perturbed in place between calls; as rows if the model has no Flatten.
-            return module.loss.forward(module._forward(x if module._flattens_input()
-                                                       else x.reshape(len(x), -1)), labels)
+            return module.loss.forward(module._forward(inputs), labels)
 
-        objective()
-        dx = module._backward(module.loss.backward(), input_grad=True).reshape(x.shape).copy()
+        def backward() -> np.ndarray:
+            return module._backward(module.loss.backward(), input_grad=True).reshape(x.shape).copy()
+
+        restore_rngs()
+        _require_float64(f"{type(module).__name__}'s logits", module._forward(inputs))
     else:
         restore_rngs()
-        upstream = sample_rng.standard_normal(np.shape(module.forward(x)))
+        out = module.forward(x)
+        _require_float64(f"{type(module).__name__}.forward's output", out)
+        upstream = sample_rng.standard_normal(np.shape(out))
 
         def objective() -> float:
             restore_rngs()
             return float(np.sum(module.forward(x) * upstream))
 
+        def backward() -> np.ndarray:
+            given = upstream.copy()
+            raw = module.backward(given)
+            if raw is None:
+                raise ValueError(f"gradcheck: {type(module).__name__}.backward returned None; "
+                                 "it must return dL/dx, the gradient for its input")
+            if not np.array_equal(given, upstream):
+                raise ValueError(f"gradcheck: {type(module).__name__}.backward changed its "
+                                 "argument dy; it must leave it as it was (the layer below, or "
+                                 "the caller, may still need it): write into a new array")
+            return np.array(raw, dtype=np.float64)
+
+    first, second = objective(), objective()
+    if first != second and not (math.isnan(first) and math.isnan(second)):
+        raise ValueError(f"gradcheck: the same input gave L = {first!r}, then {second!r}: the "
+                         "forward draws randomness from a source gradcheck cannot reset (it "
+                         "resets the numpy Generators held by the module and its layers)")
+
+    def gradients(fill: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """dL/dx and the parameter gradients, with every gradient array holding
+        ``fill`` before backward (which must overwrite all of it)."""
+        for _, _, grad in params:
+            grad[...] = fill
         objective()
-        raw = module.backward(upstream.copy())
-        if raw is None:
-            raise ValueError(f"gradcheck: {type(module).__name__}.backward returned None; "
-                             "it must return dL/dx, the gradient for its input")
-        dx = np.array(raw, dtype=np.float64)
-    replaced = (module._replaced_grads(params) if isinstance(module, Sequential)
-                else [name for name, _, grad in params if module.grads.get(name) is not grad])
-    if replaced:
-        raise ValueError(f"gradcheck: {', '.join(replaced)}: {GRADS_REPLACED}")
-    analytic = {name: grad.copy() for name, _, grad in params}
+        dx = backward()
+        replaced = (module._replaced_grads(params) if isinstance(module, Sequential)
+                    else [name for name, _, grad in params if module.grads.get(name) is not grad])
+        if replaced:
+            raise ValueError(f"gradcheck: {', '.join(replaced)}: {GRADS_REPLACED}")
+        return dx, {name: grad.copy() for name, _, grad in params}
+
+    dx, analytic = gradients(0.0)
+    _, again = gradients(1.0)
+    kept = [name for name in analytic
+            if not np.array_equal(analytic[name], again[name], equal_nan=True)]
+    if kept:
+        raise ValueError(f"gradcheck: {', '.join(kept)}: backward's result depends on what the "
+                         "gradient array held before (it added to it, with +=, or left entries "
+                         "unwritten); backward must overwrite every entry: grads[key][...] = ... "
+                         "or out=grads[key]")
     for name, value, grad in [("input", x, dx)] + [(n, v, analytic[n]) for n, v, _ in params]:
         if grad.shape != value.shape:
             what = "input gradient" if name == "input" else f"gradient of {name}"
@@ -225,6 +294,13 @@ def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, 
         result.checks.append(_check_tensor(name, value, grad, objective, h, tol, tiny,
                                            None if check_all else max_entries, sample_rng))
     return result
+
+
+def _require_float64(what: str, array: Any) -> None:
+    dtype = getattr(array, "dtype", None)
+    if dtype != np.float64:
+        raise TypeError(f"gradcheck needs float64 throughout; {what} is {dtype}: a forward that "
+                        "computes in a lower precision hides the gradient in rounding noise")
 
 
 def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Callable[[], float],

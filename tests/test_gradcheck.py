@@ -388,6 +388,116 @@ def test_gradcheck_explains_a_forward_that_is_random_between_calls():
             self.noise_source = np.random.default_rng()
             return super().forward(x)
 
-    result = gradcheck(UncontrolledNoise(seed=0), np.ones((2, 3)))
-    assert not result.passed
-    assert "could be checked" in result.report() and "input" in result.report().splitlines()[-1]
+    with pytest.raises(ValueError, match=r"the same input gave L = .*, then .*: the forward "
+                                         "draws randomness from a source gradcheck cannot reset"):
+        gradcheck(UncontrolledNoise(seed=0), np.ones((2, 3)))
+
+
+# ---- the layer contract the optimizer relies on -------------------------------------------
+class AddsIntoItsGradient(Scale):
+    """Scale with a PyTorch-style backward: it adds to the gradient array."""
+
+    def backward(self, dy):
+        self.grads["weight"] += dy * self.x
+        return dy * self.params["weight"]
+
+
+class ChangesItsArgument(Scale):
+    def backward(self, dy):
+        self.grads["weight"][...] = dy * self.x
+        dy *= self.params["weight"]  # in place: the caller's array changes
+        return dy
+
+
+def test_gradcheck_refuses_a_backward_that_adds_into_its_gradient():
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    assert gradcheck(Scale(np.ones((3, 4)) * 0.5), x).passed
+    with pytest.raises(ValueError, match=r"weight: backward's result depends on what the gradient "
+                                         r"array held before \(it added to it, with \+="):
+        gradcheck(AddsIntoItsGradient(np.ones((3, 4)) * 0.5), x)
+    model = Sequential(Dense(4, 4, dtype=np.float64), AddsIntoItsGradient(np.ones((3, 4)) * 0.5),
+                       Dense(4, 2, dtype=np.float64), seed=0, dtype="float64")
+    with pytest.raises(ValueError, match=r"layers.1.weight: backward's result depends"):
+        gradcheck(model, x, labels=np.array([0, 1, 0]))
+
+
+def test_gradcheck_refuses_a_backward_that_changes_its_argument():
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    with pytest.raises(ValueError, match="ChangesItsArgument.backward changed its argument dy"):
+        gradcheck(ChangesItsArgument(np.full((3, 4), 0.5)), x)
+
+
+def test_a_tensor_with_only_kinks_is_inconclusive_not_failed():
+    result = gradcheck(ReLU(), np.zeros((2, 3)))
+    check = result.checks[0]
+    assert check.inconclusive and check.checked == 0 and check.skipped_kinks == 6
+    assert not result.passed  # nothing was verified: never a pass
+    lines = result.report().splitlines()
+    assert lines[1].endswith("n/a") and lines[-2].startswith("INCONCLUSIVE:")
+    assert "no entry of input could be checked" in lines[-1] and "smaller h" in lines[-1]
+
+
+    class WrongShift(Layer):  # y = relu(x) + b, with dL/db doubled
+        def __init__(self):
+            super().__init__()
+            self.params["b"] = np.full(3, 0.5)
+            self.grads["b"] = np.zeros(3)
+
+        def forward(self, x):
+            self.x = x
+            return np.maximum(x, 0) + self.params["b"]
+
+        def backward(self, dy):
+            self.grads["b"][...] = 2 * dy.sum(axis=0)
+            return dy * (self.x > 0)
+
+    # An inconclusive input and a wrong gradient elsewhere: FAILED, for the wrong one.
+    result = gradcheck(WrongShift(), np.zeros((2, 3)))
+    assert [c.inconclusive for c in result.checks] == [True, False]
+    assert not result.checks[1].passed
+    assert result.report().splitlines()[-2].startswith("FAILED:")
+
+
+def test_gradcheck_holds_the_dropout_of_a_layer_inside_a_layer_fixed():
+    class Residual(Layer):  # y = dropout(x) + x, the Dropout held by the layer
+        def __init__(self):
+            super().__init__()
+            self.inner = [Dropout(0.5, rng=0)]
+
+        def forward(self, x):
+            return self.inner[0].forward(x) + x
+
+        def backward(self, dy):
+            return self.inner[0].backward(dy) + dy
+
+    x = np.random.default_rng(1).standard_normal((4, 5)) + 3  # no kink near
+    result = gradcheck(Residual(), x)
+    assert result.passed and result.checks[0].checked == 20, result.report()
+
+
+def test_gradcheck_misuse_is_a_clear_type_error():
+    class NoSuper(Layer):
+        def __init__(self):  # forgot super().__init__()
+            self.params, self.grads = {}, {}
+
+        def forward(self, x):
+            return x
+
+        def backward(self, dy):
+            return dy
+
+    class InFloat32(Layer):
+        def forward(self, x):
+            return x.astype(np.float32) * 2
+
+        def backward(self, dy):
+            return dy * 2
+
+    x = np.ones((2, 3))
+    for module, message in ((SoftmaxCrossEntropy, "got the class SoftmaxCrossEntropy, not an "
+                                                  "instance of it; pass SoftmaxCrossEntropy"),
+                            (np.tanh, "expected a Layer, a Sequential or a SoftmaxCrossEntropy"),
+                            (NoSuper(), "did its __init__ call super\\(\\).__init__\\(\\)"),
+                            (InFloat32(), "InFloat32.forward's output is float32")):
+        with pytest.raises(TypeError, match=message):
+            gradcheck(module, x, labels=np.array([0, 1]) if module is SoftmaxCrossEntropy else None)
