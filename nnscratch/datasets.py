@@ -330,18 +330,24 @@ def _files_in(directory: Path, names: tuple[str, ...]) -> dict[str, Path]:
     found = {}
     for name in names:
         for candidate in (directory / f"{name}.gz", directory / name):
-            # os.stat, not Path.is_file: since Python 3.14 that returns False on any
-            # OSError, which would make an unsearchable directory look empty.
-            try:
-                present = stat.S_ISREG(os.stat(candidate).st_mode)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    raise
-                present = False  # absent, or a dangling or looping link
-            if present:
+            mode = _mode(candidate)
+            if mode is not None and stat.S_ISREG(mode):
                 found[name] = candidate
                 break
     return found
+
+
+def _mode(path: Path) -> int | None:
+    """``path``'s st_mode, or None if nothing is there (or a dangling or looping
+    link); any other OSError (no search permission, a name too long) is raised.
+    os.stat, not Path.is_file/exists: since Python 3.14 those return False on any
+    OSError, which would make an unsearchable directory look empty."""
+    try:
+        return os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
 
 
 def _cannot_search(directory: Path, exc: OSError) -> DataError:
@@ -412,11 +418,11 @@ def _state(directory: Path) -> str:
     searched (why)' for a path whose checking itself fails (a name too long, a
     parent we may not enter)."""
     try:
-        mode = os.stat(directory).st_mode  # (not Path.exists: see _files_in)
+        mode = _mode(directory)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            return "does not exist"
         return f"cannot be searched ({exc.strerror or exc})"
+    if mode is None:
+        return "does not exist"
     return "is a directory" if stat.S_ISDIR(mode) else "is not a directory"
 
 

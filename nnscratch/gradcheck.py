@@ -72,7 +72,6 @@ class ParamCheck:
         return self.checked == 0
 
 
-
 @dataclass
 class GradcheckResult:
     """All tensors checked; ``passed`` is True when every one passed."""
@@ -253,27 +252,25 @@ def _gradcheck(module: Layer | Sequential | SoftmaxCrossEntropy, x: np.ndarray, 
                                  "the caller, may still need it): write into a new array")
             return np.array(raw, dtype=np.float64)
 
-    first, second = objective(), objective()
-    if first != second and not (math.isnan(first) and math.isnan(second)):
-        raise ValueError(f"gradcheck: the same input gave L = {first!r}, then {second!r}: the "
-                         "forward draws randomness from a source gradcheck cannot reset (it "
-                         "resets the numpy Generators held by the module and its layers)")
-
-    def gradients(fill: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """dL/dx and the parameter gradients, with every gradient array holding
+    def gradients(fill: float) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """L, dL/dx and the parameter gradients, with every gradient array holding
         ``fill`` before backward (which must overwrite all of it)."""
         for _, _, grad in params:
             grad[...] = fill
-        objective()
+        loss = objective()
         dx = backward()
         replaced = (module._replaced_grads(params) if isinstance(module, Sequential)
                     else [name for name, _, grad in params if module.grads.get(name) is not grad])
         if replaced:
             raise ValueError(f"gradcheck: {', '.join(replaced)}: {GRADS_REPLACED}")
-        return dx, {name: grad.copy() for name, _, grad in params}
+        return loss, dx, {name: grad.copy() for name, _, grad in params}
 
-    dx, analytic = gradients(0.0)
-    _, again = gradients(1.0)
+    first, dx, analytic = gradients(0.0)
+    second, _, again = gradients(1.0)
+    if first != second and not (math.isnan(first) and math.isnan(second)):
+        raise ValueError(f"gradcheck: the same input gave L = {first!r}, then {second!r}: the "
+                         "forward draws randomness from a source gradcheck cannot reset (it "
+                         "resets the numpy Generators held by the module and its layers)")
     kept = [name for name in analytic
             if not np.array_equal(analytic[name], again[name], equal_nan=True)]
     if kept:
