@@ -68,13 +68,16 @@ class DenseReLU:
         # a layer's backward directly fails clearly instead of using an old input.
         self.dense._x, self.relu._y = None, None
         if dropout is not None:
-            dropout._forwarded = False
+            dropout._shape = dropout._mask = None
         return y
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
         if self._x is None or self._y is None:
             raise RuntimeError("DenseReLU.backward called before forward")
         x, w, grads = self._x, self.dense.params["weight"], self.dense.grads
+        if dy.shape != self._y.shape:  # the kernel loops over dy by position
+            raise ValueError(f"DenseReLU.backward: dy must have the shape of the last forward's "
+                             f"output, {self._y.shape}, got {dy.shape}")
         dy = np.ascontiguousarray(dy)
         dz = self._buffer("dz", dy.shape, dy.dtype)
         kernels.relu_bias_grad(dy, self._y, self._scale, dz, grads["bias"])

@@ -17,7 +17,10 @@ the mean softmax cross-entropy of its logits. For each checked entry w:
 (2s being the step really taken: w + s is rounded to float64), where
 noise = 16 eps max(|L|, 1) / s is the float64 rounding noise of a
 difference quotient (eps = 2.2e-16): gradients smaller than noise / tol are
-judged against that floor, not against their own size.
+judged against that floor, not against their own size. But a tensor whose
+largest gradient is not at least 1000 times the noise (``RESOLUTION``; L of
+1e10, say) is inconclusive, not passed: there the floor would let a gradient
+off by a factor of 2 through.
 
 Dropout is checked with a fixed mask: the state of every numpy Generator held
 as an attribute of the module or of its layers (Dropout's ``rng``, or a custom
@@ -51,6 +54,11 @@ from .layers import GRADS_REPLACED, Layer, param_key_problem
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 
+# A tensor is checked only if L's rounding noise is at most this fraction of its
+# largest gradient: beyond it, numeric differences are mostly noise, and the
+# noise floor in rel_err would let a gradient off by a factor of 2 pass.
+RESOLUTION = 1e-3
+
 
 @dataclass
 class ParamCheck:
@@ -65,11 +73,21 @@ class ParamCheck:
     analytic: float
     numeric: float
     passed: bool
+    # The largest rounding noise of the checked quotients over the largest
+    # gradient (analytic or numeric) among them (see ``_check_tensor``).
+    resolution: float = 0.0
+
+    @property
+    def unresolved(self) -> bool:
+        """No error beyond the tolerance, but L's rounding noise is too large against
+        this tensor's gradients for a wrong one to show (see ``RESOLUTION``)."""
+        return self.checked > 0 and not self.passed and self.resolution > RESOLUTION
 
     @property
     def inconclusive(self) -> bool:
-        """No entry could be checked: each was within h of a kink."""
-        return self.checked == 0
+        """Neither passed nor failed: no entry could be checked (each was within h
+        of a kink), or the check could not resolve the gradients (``unresolved``)."""
+        return self.checked == 0 or self.unresolved
 
 
 @dataclass
@@ -102,7 +120,18 @@ class GradcheckResult:
         verdict = "PASSED" if self.passed else "FAILED" if failed else "INCONCLUSIVE"
         lines.append(f"{verdict}: max relative error {self.max_rel_error:.2e} "
                      f"(tolerance {self.tol:.0e})")
-        unchecked = [c.name for c in self.checks if c.inconclusive]
+        unchecked = [c.name for c in self.checks if c.checked == 0]
+        unresolved = [c for c in self.checks if c.unresolved]
+        for c in unresolved:
+            if math.isinf(c.resolution):
+                lines.append(f"every checked gradient of {c.name} is zero, analytic and numeric, "
+                             f"but L's rounding noise is too large to show a wrong one; check "
+                             f"where L is nearer 1 (smaller inputs or parameters)")
+            else:
+                lines.append(f"{c.name} could not be resolved: the float64 rounding noise of L is "
+                             f"{c.resolution:.1e} of its largest gradient (more than "
+                             f"{RESOLUTION:.0e}), so a wrong gradient would not show; check where "
+                             f"L is nearer 1 (smaller inputs or parameters), or with a larger h")
         if unchecked:
             lines.append(f"no entry of {', '.join(unchecked)} could be checked: each was within h "
                          f"of a point where L is not differentiable (a ReLU at 0, say: zero "
@@ -308,6 +337,7 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
         entries = np.sort(rng.choice(value.size, max_entries, replace=False))
     worst = (0.0, None, 0.0, 0.0)
     kinks = 0
+    noise_max = scale = 0.0
     for i in entries:
         # Index the tensor itself (not a reshape, which copies a non-contiguous
         # array) so the perturbation reaches the module whatever its layout.
@@ -343,11 +373,16 @@ def _check_tensor(name: str, value: np.ndarray, grad: np.ndarray, objective: Cal
             kinks += 1
             continue
         a = float(grad[at])
+        noise_max, scale = max(noise_max, noise), max(scale, abs(a), abs(numeric))
         rel = abs(a - numeric) / max(abs(a) + abs(numeric), tiny, noise / tol)
         if not math.isfinite(rel):  # a NaN or infinite gradient (or objective) is never right
             rel = math.inf
         if rel >= worst[0]:
             worst = (rel, tuple(int(j) for j in at), a, numeric)
     checked = len(entries) - kinks
+    # With every quotient exactly 0, L did not move at all, and a zero gradient
+    # is verified to the noise itself: enough unless the noise is large.
+    resolution = noise_max / scale if scale > 0 else 0.0 if noise_max <= RESOLUTION else math.inf
     return ParamCheck(name, value.shape, checked, kinks, worst[0], worst[1], worst[2], worst[3],
-                      passed=worst[0] <= tol and checked > 0)
+                      passed=worst[0] <= tol and checked > 0 and resolution <= RESOLUTION,
+                      resolution=resolution)

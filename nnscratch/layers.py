@@ -17,6 +17,7 @@ layers write into buffers that are reused from one batch to the next (see
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -62,6 +63,29 @@ def reuse_buffer(store: dict, name: str, shape: tuple[int, ...], dtype: DTypeLik
 # leaves these layers' own caches empty.
 _FUSED_HINT = (" (inside a Sequential built with fuse=True the model's forward runs fused "
                "blocks, not this layer's forward; use fuse=False to call layers one by one)")
+
+
+def float_array(where: str, a: Any) -> np.ndarray:
+    """``a`` as a float32 or float64 array (a list is converted), or a TypeError.
+
+    The kernels take exactly these two dtypes: an integer array would make
+    Dropout's 1/(1-p) an integer, and other dtypes fail deep inside Numba."""
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{where} takes a float32 or float64 array (native byte order), got "
+                        f"dtype {a.dtype}; convert it first, e.g. a.astype(np.float32)")
+    return a
+
+
+def _gradient(where: str, dy: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``dy`` checked against the shape of the forward's output: the kernels loop
+    over it by position, so another shape would read past the cached arrays."""
+    dy = float_array(where, dy)
+    if dy.shape != tuple(shape):
+        raise ValueError(f"{where}: dy must have the shape of the last forward's output, "
+                         f"{tuple(shape)}, got {dy.shape}")
+    return dy
 
 
 class Layer(ABC):
@@ -114,7 +138,8 @@ class Dense(Layer):
         dL/dW = x^T @ dy                  (in_features, out_features)
         dL/db = sum over the batch of dy  (out_features,)
         dL/dx = dy @ W^T                  (N, in_features)
-    ``forward`` therefore caches x, the only thing backward needs besides W.
+    ``forward`` therefore caches x, the only thing backward needs besides W: x
+    itself, not a copy, so changing x between forward and backward changes dL/dW.
 
     Initialisation: ``init="he"`` draws W ~ N(0, 2 / in_features), which keeps
     the variance of activations constant through ReLU layers; ``"glorot"``
@@ -163,6 +188,7 @@ class Dense(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         w, b = self.params["weight"], self.params["bias"]
+        x = float_array("Dense.forward", x)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Dense expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
@@ -178,6 +204,7 @@ class Dense(Layer):
         x, w = self._x, self.params["weight"]
         if x is None:
             raise RuntimeError("Dense.backward called before forward" + _FUSED_HINT)
+        dy = _gradient("Dense.backward", dy, (x.shape[0], self.out_features))
         np.matmul(x.T, dy, out=self.grads["weight"])
         np.sum(dy, axis=0, out=self.grads["bias"])
         if not input_grad:
@@ -200,7 +227,8 @@ class ReLU(Layer):
         self._y: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x)
+        x = float_array("ReLU.forward", x)
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         y = self._buffer("y", x.shape, x.dtype)
         kernels.relu_forward(x, y)
         self._y = y
@@ -209,6 +237,7 @@ class ReLU(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._y is None:
             raise RuntimeError("ReLU.backward called before forward" + _FUSED_HINT)
+        dy = _gradient("ReLU.backward", dy, self._y.shape)
         dx = self._buffer("dx", self._y.shape, dy.dtype)
         kernels.relu_backward(np.ascontiguousarray(dy), self._y, dx)
         return dx
@@ -231,20 +260,24 @@ class Dropout(Layer):
         super().__init__()
         if not is_number(p) or not 0.0 <= float(p) < 1.0:
             raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1), got {p!r}")
+        if round(float(p) * 2**24) >= 2**24:  # the kernels' 24-bit threshold would drop every unit
+            raise ValueError(f"Dropout: p={p!r} is too close to 1: the mask keeps a unit with "
+                             "probability 1 - p in steps of 2**-24, so p must be below 1 - 2**-25")
         self.p = float(p)
         self.rng = np.random.default_rng(rng)
         self._mask: np.ndarray | None = None
-        self._forwarded = False  # backward needs a forward first, even in eval mode
+        self._shape: tuple[int, ...] | None = None  # backward needs a forward first, even in eval mode
 
     def config(self) -> dict[str, Any]:
         return {"type": "Dropout", "p": self.p}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._forwarded = True
+        x = float_array("Dropout.forward", x)
+        self._shape = x.shape
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        x = np.ascontiguousarray(x)
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         mask = self._buffer("mask", x.shape, x.dtype)
         y = self._buffer("y", x.shape, x.dtype)
         kernels.dropout_forward(x, int(self.rng.integers(0, 2**63)), self.p, mask, y)
@@ -252,8 +285,9 @@ class Dropout(Layer):
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        if not self._forwarded:
+        if self._shape is None:
             raise RuntimeError("Dropout.backward called before forward" + _FUSED_HINT)
+        dy = _gradient("Dropout.backward", dy, self._shape)
         if self._mask is None:  # eval mode or p == 0: the identity
             return dy
         dx = self._buffer("dx", dy.shape, dy.dtype)
@@ -272,14 +306,21 @@ class Flatten(Layer):
         self._shape: tuple[int, ...] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
         if x.ndim < 2:
             raise ValueError(f"Flatten expects a batch (N, ...), got shape {x.shape}")
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        # Not reshape(N, -1): with N = 0 the -1 could be anything.
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before forward")
+        flat = (self._shape[0], math.prod(self._shape[1:]))
+        dy = np.asarray(dy)
+        if dy.shape != flat:
+            raise ValueError(f"Flatten.backward: dy must have the shape of the last forward's "
+                             f"output, {flat}, got {dy.shape}")
         return dy.reshape(self._shape)
 
 

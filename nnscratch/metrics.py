@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .checks import is_int
+
 __all__ = ["accuracy", "classification_report", "confusion_matrix", "format_report"]
 
 
@@ -189,6 +191,8 @@ def format_report(report: dict[str, Any], digits: int = 2) -> str:
 
     ``digits`` is the number of decimals of the ratios.
     """
+    if not is_int(digits) or digits < 0:
+        raise ValueError(f"format_report: digits must be an integer >= 0, got {digits!r}")
     headers = ("precision", "recall", "f1-score", "support")
     rows = [(name, m["precision"], m["recall"], m["f1"], m["support"])
             for name, m in report["classes"].items()]

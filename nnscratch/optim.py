@@ -63,6 +63,8 @@ class Adam:
                     or not p.value.flags.writeable:
                 problems.append(f"{p.name}: value and grad must be C-contiguous, and the value "
                                 "writeable (the update is in place)")
+        if not problems:
+            problems += _shared_memory_problems(self.params)
         if problems:
             raise ValueError("Adam: " + "; ".join(problems))
         self.lr = float(lr)
@@ -150,6 +152,16 @@ class Adam:
         for name in self.m:
             self.m[name][...] = state["m"][name]
             self.v[name][...] = state["v"][name]
+
+
+def _shared_memory_problems(params: list[Parameter]) -> list[str]:
+    """Parameters whose arrays overlap: each would be stepped once per name (twice in
+    all), and a value sharing memory with a gradient would be changed mid-update."""
+    arrays = [(f"{p.name} ({kind})", a) for p in params
+              for kind, a in (("value", p.value), ("grad", p.grad))]
+    return [f"{a} and {b} share memory; every parameter and gradient must be its own array"
+            for i, (a, x) in enumerate(arrays) for b, y in arrays[i + 1:]
+            if np.may_share_memory(x, y)]
 
 
 def _hyperparameter_problems(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> list[str]:

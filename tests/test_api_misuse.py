@@ -152,7 +152,10 @@ def test_distinct_layers_that_compare_equal_are_not_duplicates():
 
         __hash__ = object.__hash__
 
-    nn.Sequential(Same(), nn.Dense(4, 3), Same(), seed=0)
+    first, second = Same(), Same()
+    model = nn.Sequential(first, nn.Dense(4, 3), second, seed=0)
+    assert model.layers[0] is first and model.layers[2] is second
+    assert model.forward(np.ones((2, 4))).shape == (2, 3)
 
 
 def test_the_width_check_finds_layers_by_identity():
@@ -169,7 +172,11 @@ def test_the_width_check_finds_layers_by_identity():
         def backward(self, dy):
             return np.pad(dy, ((0, 0), (0, 3)))
 
-    nn.Sequential(EqDense(4, 8), Project(), EqDense(5, 3), seed=0)
+    model = nn.Sequential(EqDense(4, 8), Project(), EqDense(5, 3), seed=0)
+    assert model.forward(np.ones((2, 4))).shape == (2, 3)
+    # A real width mismatch is still found between layers that compare equal.
+    with pytest.raises(ValueError):
+        nn.Sequential(EqDense(4, 8), EqDense(5, 3), seed=0)
 
 
 def test_predict_and_evaluate_warn_about_float_pixels_that_were_not_scaled():
@@ -214,3 +221,88 @@ def test_raw_pixel_warning_looks_at_every_row_not_just_the_first_thousand():
     x[1200:] = np.round(x[1200:] * 80)                             # whole numbers up to 240
     with pytest.warns(UserWarning, match="up to 2[0-9][0-9] looks like raw"):
         model.predict(x)
+
+
+# ---- layers used on their own (the "Read the backprop" workflow) -------------------
+
+def _forwarded(layer, shape=(4, 3), dtype=np.float64):
+    layer.forward(np.random.default_rng(0).standard_normal(shape).astype(dtype))
+    return layer
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _forwarded(nn.ReLU()),
+    lambda: _forwarded(nn.Dropout(0.5, rng=0)),
+    lambda: _forwarded(nn.Dropout(0.5, rng=0).eval()),
+    lambda: _forwarded(nn.Dense(3, 2, dtype=np.float64, rng=0)),
+    lambda: _forwarded(nn.Flatten(), shape=(4, 3, 1)),
+])
+@pytest.mark.parametrize("dy_shape", [(2, 3), (3, 4), (400, 1000), (12,), (1, 3)])
+def test_a_layers_backward_refuses_dy_of_another_shape(make, dy_shape):
+    # The kernels walk dy by position: a larger one read past the cached arrays
+    # (a segfault) and a smaller one returned stale buffer contents.
+    layer = make()
+    with pytest.raises(ValueError, match=r"dy must have the shape of the last forward's output"):
+        layer.backward(np.ones(dy_shape))
+
+
+@pytest.mark.parametrize("layer", [nn.ReLU(), nn.Dropout(0.3, rng=0), nn.Dense(3, 2, rng=0)],
+                         ids=["relu", "dropout", "dense"])
+@pytest.mark.parametrize("x", [np.full((2, 3), 10), np.ones((2, 3), np.float16),
+                               np.ones((2, 3), complex), np.ones((2, 3), bool),
+                               np.ones((2, 3), ">f8"), [[1, 2, 3], [4, 5, 6]]],
+                         ids=["int", "float16", "complex", "bool", "big-endian", "int-list"])
+def test_a_layers_forward_takes_only_float32_or_float64(layer, x):
+    # An int input made Dropout's 1/(1-p) an integer (p=0.3: no scaling at all).
+    with pytest.raises(TypeError, match=r"takes a float32 or float64 array"):
+        layer.forward(x)
+
+
+def test_a_layers_backward_takes_only_float_gradients():
+    relu = _forwarded(nn.ReLU())
+    with pytest.raises(TypeError, match=r"ReLU.backward takes a float32 or float64 array"):
+        relu.backward(np.ones((4, 3), int))
+
+
+def test_layers_take_a_list_of_floats_and_keep_odd_shapes():
+    dense = nn.Dense(3, 2, dtype=np.float64, rng=0)
+    rows = [[1.0, -2.0, 0.5]]
+    assert np.array_equal(dense.forward(rows), dense.forward(np.array(rows)))
+    assert nn.ReLU().forward(np.float64(-3)).shape == ()
+    flat = nn.Flatten()
+    assert flat.forward(np.ones((0, 3, 3))).shape == (0, 9)
+    assert flat.backward(np.ones((0, 9))).shape == (0, 3, 3)
+
+
+def test_dropout_scales_float_input_by_one_over_keep_probability():
+    y = nn.Dropout(0.3, rng=0).forward(np.full((1, 100_000), 10.0))
+    kept = y[y != 0]
+    assert np.allclose(kept, 10 / 0.7) and abs(kept.size / y.size - 0.7) < 0.01
+
+
+def test_dropout_refuses_a_p_that_would_drop_every_unit():
+    # The mask keeps a unit when 24 random bits reach round(p * 2**24).
+    nn.Dropout(1 - 2**-24)  # the largest p that keeps anything: allowed
+    for p in (1 - 2**-25, 1 - 2**-30, np.nextafter(1.0, 0.0)):
+        with pytest.raises(ValueError, match="too close to 1"):
+            nn.Dropout(p)
+
+
+def test_adam_refuses_parameters_that_share_memory():
+    w, g = np.zeros((3, 2)), np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"a \(value\) and b \(value\) share memory"):
+        nn.Adam([("a", w, g), ("b", w, np.zeros((3, 2)))])
+    with pytest.raises(ValueError, match=r"a \(value\) and b \(value\) share memory"):
+        nn.Adam([("a", w[:2], g[:2]), ("b", w[1:], np.zeros((2, 2)))])
+    with pytest.raises(ValueError, match=r"a \(value\) and a \(grad\) share memory"):
+        nn.Adam([("a", w, w)])
+    buf = np.zeros(12)  # disjoint pieces of one buffer are fine
+    nn.Adam([("a", buf[:6].reshape(3, 2), g), ("b", buf[6:].reshape(3, 2), np.zeros((3, 2)))])
+
+
+@pytest.mark.parametrize("digits", [-1, 1.5, "2", None])
+def test_format_report_refuses_a_bad_digits(digits):
+    from nnscratch.metrics import classification_report, format_report
+    report = classification_report([0, 1, 1], [0, 1, 0], ["a", "b"])
+    with pytest.raises(ValueError, match="digits must be an integer >= 0"):
+        format_report(report, digits=digits)

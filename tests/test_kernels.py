@@ -148,6 +148,38 @@ def test_dropout_forward_mask_depends_on_the_key_only():
         assert np.array_equal(masks[0], masks[2])
 
 
+def _top24(key, position):
+    """The documented hash, written out in Python integers: the top 24 bits of
+    SplitMix64(key + (position + 1) * golden)."""
+    m = 2**64 - 1
+    z = (key + (position + 1) * 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return (z ^ (z >> 31)) >> 40
+
+
+@pytest.mark.parametrize("position", [0, 5, 63])
+def test_dropout_keeps_a_unit_whose_hash_equals_the_threshold(position):
+    # A hash exactly on the threshold (chance 2**-24 per unit, so random tests
+    # never meet one) is kept on both backends: kept means hash >= threshold.
+    key = 987654321
+    value = _top24(key, position)
+    x = np.ones((8, 8))
+    for p, kept in ((value / 2**24, True), ((value + 1) / 2**24, False)):
+        for mod in (reference, fused):
+            mask, out = np.empty_like(x), np.empty_like(x)
+            mod.dropout_forward(x, key, p, mask, out)
+            assert (mask.reshape(-1)[position] != 0) == kept, (mod.__name__, p)
+            z = np.ones((8, 8))
+            mod.bias_relu_dropout_forward(z, np.zeros(8), key, p, z)
+            assert (z.reshape(-1)[position] != 0) == kept, (mod.__name__, p)
+    # And the Python hash above is the kernels' hash at every position.
+    mask, out = np.empty_like(x), np.empty_like(x)
+    threshold = 2**23
+    fused.dropout_forward(x, key, threshold / 2**24, mask, out)
+    assert [bool(m) for m in mask.reshape(-1)] == [_top24(key, i) >= threshold for i in range(64)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_multiply_fused_equals_reference_exactly(shape, dtype):

@@ -8,7 +8,6 @@ import gzip
 import io
 import json
 import struct
-import time
 import tracemalloc
 import zipfile
 import zlib
@@ -356,33 +355,30 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 
 
 # ---- hostile files: no large allocations, no code execution ----------------------------
-def _load_measured(path: Path) -> tuple[Exception, float, int]:
+def _load_measured(path: Path) -> tuple[Exception, int]:
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(ModelFileError) as info:
             load(path)
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return info.value, elapsed, peak
+    return info.value, peak
 
 
 @pytest.mark.parametrize("in_features,out_features", [(10**9, 8), (16, 10**12), (10**100, 10**100)])
-def test_huge_declared_architecture_fails_fast_without_allocating(
+def test_huge_declared_architecture_fails_without_allocating(
         tmp_path: Path, in_features: int, out_features: int) -> None:
     meta, arrays = parts()
     meta["architecture"][1] = {"type": "Dense", "in_features": in_features,
                                "out_features": out_features}
     path = helpers.write_model_file(tmp_path / "huge.npz", meta, arrays)
-    error, elapsed, peak = _load_measured(path)
+    error, peak = _load_measured(path)
     assert "more than the 268435456 allowed" in str(error)
-    assert elapsed < 1.0
     assert peak < 50 * 2**20
 
 
-def test_huge_array_declared_consistently_but_without_data_fails_fast(tmp_path: Path) -> None:
+def test_huge_array_declared_consistently_but_without_data_fails_without_allocating(tmp_path: Path) -> None:
     """Architecture and .npy header agree on a 16000x16000 float32 weight (1 GB)
     but the member holds a few bytes: rejected from the sizes alone."""
     arch = [{"type": "Dense", "in_features": 16000, "out_features": 16000},
@@ -396,9 +392,8 @@ def test_huge_array_declared_consistently_but_without_data_fails_fast(tmp_path: 
     for name, entry in meta["arrays"].items():
         members[f"{name}.npy"] = helpers.npy_header_only(tuple(entry["shape"]), "<f4", b"\0" * 64)
     path = helpers.write_zip(tmp_path / "huge.npz", members)
-    error, elapsed, peak = _load_measured(path)
+    error, peak = _load_measured(path)
     assert "'layers.0.weight' has 64 data bytes, expected 1024000000" in str(error)
-    assert elapsed < 1.0
     assert peak < 50 * 2**20
 
 
@@ -416,7 +411,7 @@ def test_a_compressed_model_file_is_refused_before_anything_is_inflated(tmp_path
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
     assert packed.stat().st_size < plain.stat().st_size // 100
-    error, elapsed, peak = _load_measured(packed)
+    error, peak = _load_measured(packed)
     assert "is compressed" in str(error) and str(packed) in str(error)
     assert peak < 10 * 2**20
     assert load(plain).layers[0].params["weight"].shape == (4096, 4096)  # stored: fine
@@ -441,9 +436,8 @@ def test_huge_meta_is_rejected_before_it_is_read(tmp_path: Path) -> None:
     meta, arrays = parts()
     meta["comment"] = "x" * (4 << 20)   # 16 MB of UCS-4 text
     path = helpers.write_model_file(tmp_path / "m.npz", meta, arrays)
-    error, elapsed, peak = _load_measured(path)
+    error, peak = _load_measured(path)
     assert "__meta__ is" in str(error) and "more than the 1048576 allowed" in str(error)
-    assert elapsed < 1.0
     assert peak < 10 * 2**20
 
 
@@ -540,7 +534,6 @@ def test_byte_flip_fuzz_only_raises_model_file_error(tmp_path: Path) -> None:
     outcomes = {"rejected": 0, "loaded": 0}
     unexpected = []
     target = tmp_path / "mutant.npz"
-    started = time.perf_counter()
     for i in range(400):
         buf = bytearray(data)
         for _ in range(int(rng.integers(1, 4))):
@@ -562,7 +555,6 @@ def test_byte_flip_fuzz_only_raises_model_file_error(tmp_path: Path) -> None:
             f"mutation {i} loaded but predicts differently"
     assert not unexpected, f"{len(unexpected)} mutations raised other errors:\n" + "\n".join(unexpected[:10])
     assert outcomes["rejected"] > 300
-    assert time.perf_counter() - started < 30
 
 
 # ---- data files -------------------------------------------------------------------------

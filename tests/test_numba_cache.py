@@ -1,5 +1,6 @@
 """A Numba cache directory that cannot be written must not stop nnscratch."""
 
+import math
 import os
 import subprocess
 import sys
@@ -23,4 +24,5 @@ def test_training_works_when_the_numba_cache_dir_cannot_be_created():
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("loss ")
+    assert math.isfinite(float(result.stdout.split()[1])), result.stdout
     assert "Traceback" not in result.stderr
