@@ -119,7 +119,7 @@ def png_path(text: str) -> Path:
     # The plot is always PNG; a .jpg or .pdf name would hold PNG bytes.
     # (".png" alone is a name with no suffix; "x.png/" names a directory)
     if Path(text).suffix.lower() != ".png" or os.path.basename(text) != Path(text).name:
-        raise ValueError
+        raise argparse.ArgumentTypeError(f"must be a file name ending in .png, got {text!r}")
     return path_name(text)
 
 
@@ -127,7 +127,7 @@ for _f, _name in ((positive_int, "positive integer"), (non_negative_int, "intege
                   (shift_pixels, "pixel shift (0 to 13)"),
                   (positive_float, "positive number"), (non_negative_float, "number >= 0"),
                   (drop_probability, "probability in [0, 1)"), (probability, "probability in [0, 1]"),
-                  (path_name, "non-empty path"), (png_path, "file name ending in .png")):
+                  (path_name, "non-empty path")):
     _f.__name__ = _name  # argparse names the type in its error message
 
 
@@ -174,21 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test accuracy, loss and per-class report of a model file",
                        description="Evaluate a model file on the Fashion-MNIST test set.")
-    e.add_argument("model", type=Path, help="a model.npz written by nnscratch")
+    e.add_argument("model", type=Path, help="a model.npz written by nnscratch, or a run's folder")
     e.add_argument("--data-dir", type=path_name,
                    help="directory with the Fashion-MNIST test files (t10k-*; the training "
-                        "files are not needed)")
+                        "files are not needed) (default: search, see README)")
     e.add_argument("--confusion-matrix", type=png_path, metavar="PNG",
-                   help="also write the confusion matrix here (a .png file name)")
+                   help="also write the confusion matrix here (a .png file name; an existing "
+                        "file of that name is replaced)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...)",
                        description="Classify images of any size: each is converted to a 28x28 "
                        "grayscale image with a light item on a dark background, like Fashion-MNIST.")
-    p.add_argument("model", type=Path, help="a model.npz written by nnscratch")
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("model", type=Path, help="a model.npz written by nnscratch, or a run's folder")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
+                   help="image files, or folders of them (their image files, by name)")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                   help="invert polarity: auto inverts images whose border is light (default auto)")
+                   help="invert polarity: auto inverts images whose background is light "
+                        "(default auto)")
+    p.add_argument("--save-inputs", type=path_name, metavar="DIR",
+                   help="also write the 28x28 image the model was given for each picture, "
+                        "as DIR/<n>-<name>.png, to see what it saw")
     p.add_argument("--top", type=positive_int, default=None,
                    help="classes to show per image, at most the model's (default 3, or all "
                         "of a model with fewer)")
@@ -206,6 +212,9 @@ def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
         args, unknown = parser.parse_known_args(argv)
         command = parser.commands[args.command]
         args.program = program
+        if args.command == "predict":  # images after an option (`M a.png --json b.png`)
+            args.images += [Path(u) for u in unknown if not u.startswith("-")]
+            unknown = [u for u in unknown if u.startswith("-")]
         if unknown:  # argparse would report these with the top-level usage
             command.error(f"unrecognized arguments: {' '.join(unknown)}")
         # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
@@ -224,9 +233,11 @@ def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
             if args.command == "evaluate":
                 return cmd_evaluate(args, command)
             return cmd_predict(args, command)
-    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other tools
+    except BrokenPipeError as exc:  # the reader went away (`... | head`): stop quietly, like other tools
         if args.command == "train":  # but a stopped training run deserves a word
-            print("nnscratch train: stopped: standard output was closed", file=sys.stderr)
+            kept = getattr(exc, "kept", None)
+            print("nnscratch train: stopped: standard output was closed"
+                  + (f"; {kept}" if kept else ""), file=sys.stderr)
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):  # stdout is not a real file (e.g. captured in tests)
@@ -263,11 +274,16 @@ def _file_in_the_way(places: Sequence[Path]) -> Path | None:
     return None if existing.is_dir() else existing
 
 
-def _check_file(parser: argparse.ArgumentParser, path: Path, what: str) -> None:
+def _model_file(parser: argparse.ArgumentParser, path: Path) -> Path:
+    """The model file ``path`` names: itself, or a run folder's model.npz."""
     if not path.exists():
-        parser.error(f"{what} {path}: no such file")
+        parser.error(f"model {path}: no such file")
     if path.is_dir():
-        parser.error(f"{what} {path}: is a directory, expected a file")
+        if not (path / "model.npz").is_file():
+            parser.error(f"model {path}: is a folder without a model.npz (a run's folder "
+                         "has one once its training finished)")
+        return path / "model.npz"
+    return path
 
 
 def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
@@ -288,7 +304,7 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
         # Only a folder's own checkpoint.npz continues the run in that folder; any
         # other checkpoint must not write over a run it does not belong to.
         if out.resolve() != ckpt.parent.resolve() or ckpt.name != "checkpoint.npz":
-            _refuse_unusable_out(parser, out)
+            _refuse_unusable_out(parser, out, resuming=args.resume if args.out is None else None)
         return {}, out, ckpt
     if not args.augment and ("max_shift" in given or "flip" in given):
         parser.error("--max-shift and --flip shape the augmentation: add --augment to use them")
@@ -298,15 +314,32 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
                      "--schedule constant")
     if config["val_size"] >= 60000:
         parser.error("--val-size must leave training images: use fewer than 60000")
+    if config["batch_size"] > 60000 - config["val_size"]:
+        parser.error(f"--batch-size {config['batch_size']} is more than the "
+                     f"{60000 - config['val_size']} training images (60000 minus --val-size)")
+    # (Asked for; the default one epoch is simply cut short by a shorter run.)
+    if "warmup_epochs" in given and config["warmup_epochs"] >= config["epochs"]:
+        parser.error(f"--warmup-epochs {config['warmup_epochs']:g} is not less than --epochs "
+                     f"{config['epochs']}: the learning rate would never decay; use fewer "
+                     "warm-up epochs")
     widths = [28 * 28, *config["hidden"], len(CLASS_NAMES)]
     n_params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
     if n_params > MAX_PARAMETERS:
         parser.error(f"--hidden {' '.join(map(str, config['hidden']))} makes {n_params:,} "
                      f"parameters; a model file holds at most {MAX_PARAMETERS:,}")
-    out = (_place(args.out) if args.out is not None
-           else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    out = _place(args.out) if args.out is not None else _default_out()
     _refuse_unusable_out(parser, out)
     return config, out, None
+
+
+def _default_out(taken: Path | None = None) -> Path:
+    """runs/<date-time>, with -2, -3, ... when that exists (runs started in the same
+    second); ``taken``: a name just found taken, so the next one is wanted."""
+    stamp = taken.name.split("_")[0] if taken is not None else time.strftime("%Y%m%d-%H%M%S")
+    out, n = Path("runs") / stamp, 2
+    while out.exists():
+        out, n = Path("runs") / f"{stamp}_{n}", n + 1
+    return out
 
 
 def _place(path: Path) -> Path:
@@ -318,22 +351,32 @@ def _place(path: Path) -> Path:
     return Path(os.path.normpath(path))
 
 
-def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path) -> None:
-    """A usage error for an --out below a file or holding another run (never overwritten)."""
+def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path,
+                         resuming: Path | None = None) -> None:
+    """A usage error for an --out below a file or holding another run (never
+    overwritten). ``resuming``: the checkpoint of a --resume with no --out, which
+    would write into ``out``, its own folder."""
+    what = f"--out {out}" if resuming is None else \
+        f"{out} (where --resume {resuming} would write, given no --out)"
     blocker = _file_in_the_way([out, *out.absolute().parents])
     if blocker is not None:
-        parser.error(f"--out {out}: {blocker} exists and is not a directory")
-    if out.is_dir() and any((out / n).exists() for n in ("model.npz", "checkpoint.npz")):
-        parser.error(f"--out {out} already holds a run; continue it with --resume {out} "
+        parser.error(f"{what}: {blocker} exists and is not a directory")
+    if out.is_dir() and (out / "model.npz").exists():
+        parser.error(f"{what} already holds a finished run (its model.npz); "
+                     "choose another --out")
+    if out.is_dir() and (out / "checkpoint.npz").exists():
+        if resuming is not None:
+            parser.error(f"{what} holds another run's checkpoint.npz; give --out for a new folder")
+        parser.error(f"{what} already holds an unfinished run; continue it with --resume {out} "
                      "or choose another --out")
     # A run writes these names; files of the same names are never overwritten.
     taken = [n for n in RUN_FILES if (out / n).is_file()]
     if taken:
-        parser.error(f"--out {out} already has {', '.join(taken)}, which a run would "
+        parser.error(f"{what} already has {', '.join(taken)}, which a run would "
                      "overwrite; choose another --out (or move them)")
     in_the_way = [n for n in RUN_FILES if (out / n).is_dir()]
     if in_the_way:
-        parser.error(f"--out {out}: {', '.join(in_the_way)} would be written there but "
+        parser.error(f"{what}: {', '.join(in_the_way)} would be written there but "
                      f"{'is a directory' if len(in_the_way) == 1 else 'are directories'}")
 
 
@@ -341,15 +384,18 @@ RUN_FILES = ("model.npz", "metrics.json", "checkpoint.npz", "confusion_matrix.pn
              "training_curves.png", "misclassified.png")
 
 
-def _make_out_dir(out: Path, option: str = "--out") -> list[Path]:
+def _make_out_dir(out: Path, option: str = "--out", *, fresh: bool = False) -> list[Path]:
     """Create ``out`` (and missing parents) before any long work, so that an
-    unusable place fails at once; returns the directories this created."""
+    unusable place fails at once; returns the directories this created. With
+    ``fresh``, FileExistsError if ``out`` exists (another process made it first)."""
     created = [p for p in (out, *out.absolute().parents) if not p.exists()][::-1]
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=not fresh)
         with tempfile.TemporaryFile(dir=out):  # a nameless file: proves writes work there
             pass
     except OSError as exc:
+        if fresh and isinstance(exc, FileExistsError):
+            raise
         _remove_if_empty(created)
         raise CLIError(f"{option} {out}: cannot write there ({exc.strerror or exc})") from None
     return created
@@ -477,7 +523,12 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config, out, ckpt = _resolve_config(args, parser)
     if args.program and ckpt is None:
         _compile_first(config, out, args.data_dir)  # returns unless it restarts this command
-    created = _make_out_dir(out)
+    created = None
+    while created is None:
+        try:  # the default folder is made new: a run started in the same second takes the next
+            created = _make_out_dir(out, fresh=args.out is None and ckpt is None)
+        except FileExistsError:
+            out = _default_out(taken=out)
     lock = None
     try:
         lock = _lock_out_dir(out)
@@ -577,6 +628,16 @@ def _compile_first(config: dict[str, Any], out: Path, data_dir: Path | None) -> 
                   stacklevel=2)
 
 
+def _what_is_kept(checkpoint_path: Path, out: Path) -> str:
+    return (f"the checkpoint of the last finished epoch is {checkpoint_path}.\n"
+            f"Resume with: nnscratch train --resume {out}" if checkpoint_path.exists()
+            else "no epoch had finished, so there is no checkpoint to resume from.")
+
+
+def _stopped_at_once(checkpoint_path: Path, out: Path) -> None:
+    print(f"Stopped at once; {_what_is_kept(checkpoint_path, out)}", file=sys.stderr)
+
+
 def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Path | None) -> int:
     meta = None
     if ckpt is not None:
@@ -623,6 +684,9 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
     except TrainingInterrupted:
         try:
             save_checkpoint(checkpoint_path, trainer, config)
+        except KeyboardInterrupt:  # a second signal while saving: the write is atomic
+            _stopped_at_once(checkpoint_path, out)
+            return 130
         except OSError as exc:
             kept = (f"the checkpoint of the last finished epoch, {checkpoint_path}, is intact: "
                     f"resume with nnscratch train --resume {out}" if checkpoint_path.exists()
@@ -636,11 +700,11 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path, ckpt: Pa
               file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # a second signal: stopped at once, without saving this step
-        kept = (f"the checkpoint of the last finished epoch is {checkpoint_path}.\n"
-                f"Resume with: nnscratch train --resume {out}" if checkpoint_path.exists()
-                else "no epoch had finished, so there is no checkpoint to resume from.")
-        print(f"Stopped at once; {kept}", file=sys.stderr)
+        _stopped_at_once(checkpoint_path, out)
         return 130
+    except BrokenPipeError as exc:  # stdout closed (`| head`): main() says so, with this
+        exc.kept = _what_is_kept(checkpoint_path, out)
+        raise
     except TrainingDiverged as exc:
         kept = f" The last good checkpoint is {checkpoint_path}." if checkpoint_path.exists() else ""
         raise CLIError(f"training diverged: {exc}{kept}") from None
@@ -757,7 +821,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 # ---- evaluate ------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _check_file(parser, args.model, "model")
+    args.model = _model_file(parser, args.model)
     created: list[Path] = []
     if args.confusion_matrix is not None:
         args.confusion_matrix = _place(args.confusion_matrix)
@@ -799,7 +863,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # ---- predict -------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _check_file(parser, args.model, "model")
+    args.model = _model_file(parser, args.model)
+    if args.save_inputs is not None:
+        args.save_inputs = _place(args.save_inputs)
+        blocker = _file_in_the_way([args.save_inputs, *args.save_inputs.absolute().parents])
+        if blocker is not None:
+            parser.error(f"--save-inputs {args.save_inputs}: {blocker} exists and is not a directory")
     model = load(args.model)
     if model.in_features != 784:
         raise CLIError(f"{args.model}: the model takes {model.in_features} inputs, not 28x28 images")
@@ -807,10 +876,14 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         args.top = min(3, model.num_classes)
     elif args.top > model.num_classes:
         parser.error(f"--top {args.top}: {args.model} knows only {model.num_classes} classes")
-    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    names = model.class_names or [f"class {i}" for i in range(model.num_classes)]
     results, failed = [], 0
-    for path in args.images:
+    if args.save_inputs is not None:
+        _make_out_dir(args.save_inputs, "--save-inputs")
+    for n, (path, problem) in enumerate(_image_files(args.images), start=1):
         try:
+            if problem is not None:
+                raise ImageError(problem)
             image = load_image(path, args.invert)
         except ImageError as exc:
             failed += 1
@@ -818,6 +891,10 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             if not args.json:
                 print(f"nnscratch predict: error: {exc}", file=sys.stderr)
             continue
+        if args.save_inputs is not None:
+            from PIL import Image
+            seen = args.save_inputs / f"{n}-{path.stem or 'image'}.png"
+            atomic_write(seen, lambda f, image=image: Image.fromarray(image).save(f, "PNG"))
         probs = model.predict(image[None])[0]
         top = np.argsort(probs)[::-1][:args.top]
         results.append({"file": str(path), "predictions": [
@@ -832,6 +909,29 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def _image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
+    """``paths`` with each folder replaced by its image files (by the extensions
+    Pillow reads), sorted by name, each with None; a folder with none stays, with
+    the problem to report."""
+    from PIL import Image
+    extensions = {e.lower() for e in Image.registered_extensions()}
+    files: list[tuple[Path, str | None]] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append((path, None))
+            continue
+        try:
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in extensions and not p.name.startswith(".")
+                           and p.is_file())
+        except OSError as exc:
+            found, why = [], f"cannot list it ({exc.strerror or exc})"
+        else:
+            why = "a folder with no image files in it"
+        files += [(p, None) for p in found] or [(path, f"{path}: {why}")]
+    return files
 
 
 if __name__ == "__main__":

@@ -164,7 +164,11 @@ def _read_archive(path: Path, archive: zipfile.ZipFile, format_name: str,
     if not isinstance(meta, dict):
         raise ModelFileError(path, f"{META_KEY} must be a JSON object")
     if meta.get("format") != format_name:
-        raise ModelFileError(path, f"format is {meta.get('format')!r}, expected {format_name!r}")
+        hint = ("; it is a training checkpoint: use the run's model.npz (written when its "
+                "training finishes), or continue it with nnscratch train --resume"
+                if meta.get("format") == "nnscratch.checkpoint" else "")
+        raise ModelFileError(path, f"format is {meta.get('format')!r}, expected "
+                                   f"{format_name!r}{hint}")
     if type(meta.get("version")) is not int or meta["version"] != FORMAT_VERSION:
         raise ModelFileError(path, f"format version {meta.get('version')!r} is not supported "
                                    f"(this nnscratch reads version {FORMAT_VERSION})")
@@ -314,7 +318,7 @@ def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[
     """The JSON metadata of a model file (without the hash table)."""
     if class_names is None:
         class_names = getattr(model, "class_names", None) or [
-            str(i) for i in range(model.num_classes)]
+            f"class {i}" for i in range(model.num_classes)]
     # Checked here, so that save never writes a file that load would reject.
     for i, layer in enumerate(model.layers):
         # load rebuilds layers by type name, so a subclass or custom layer would come

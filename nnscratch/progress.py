@@ -3,6 +3,7 @@ one summary line per epoch everywhere."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import TextIO
@@ -21,8 +22,12 @@ class Progress:
         self.stream = stream if stream is not None else sys.stdout
         self.live = verbose > 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last_draw = 0.0
+        self._epoch_started = time.perf_counter()
+        self._first_step = 0
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, step: int = 0) -> None:
+        """Epoch ``epoch`` (from 0) begins, or resumes after ``step`` steps."""
+        self._epoch_started, self._first_step = time.perf_counter(), step
         if self.verbose:
             print(f"Epoch {epoch + 1}/{self.epochs}", file=self.stream, flush=True)
 
@@ -33,11 +38,19 @@ class Progress:
         if now - self._last_draw < 0.1 and step < self.steps:
             return
         self._last_draw = now
-        width = 30
+        done_steps = step - self._first_step
+        eta = ((now - self._epoch_started) / done_steps * (self.steps - step)
+               if done_steps > 0 else 0.0)
+        count = f"{step:>{len(str(self.steps))}}/{self.steps}"
+        tail = f" - ETA {eta:.0f}s - {_format_metrics(metrics)}"
+        # The bar shrinks to fit the terminal, and the line is cut to its width:
+        # a line longer than the terminal wraps, and \r then redraws only its end.
+        columns = shutil.get_terminal_size().columns
+        width = max(0, min(30, columns - 1 - len(count) - 3 - len(tail)))
         done = width * step // self.steps
-        bar = "=" * max(done - 1, 0) + (">" if done < width else "=") + "." * (width - done)
-        self.stream.write(f"\r{step:>{len(str(self.steps))}}/{self.steps} [{bar}] - "
-                          f"{_format_metrics(metrics)}")
+        bar = (" [" + "=" * max(done - 1, 0) + (">" if done < width else "=")
+               + "." * (width - done) + "]") if width >= 10 else ""
+        self.stream.write("\r" + (count + bar + tail)[:max(columns - 1, 1)])
         self.stream.flush()
 
     def end_epoch(self, seconds: float, metrics: dict[str, float]) -> None:

@@ -259,7 +259,7 @@ class Trainer:
             self._threaded = ThreadedStep.for_run(model, self.optimizer, self.x, self.augment)
             if previous is not None and self._threaded is not None:
                 self._threaded.reuse_buffers(previous)
-            self.progress.start_epoch(self.epoch)
+            self.progress.start_epoch(self.epoch, self.batch)
             started = time.perf_counter()
             # The threaded step's threads call BLAS themselves; the epoch's end
             # (validation, the caller's on_epoch_end) sees the usual thread count.

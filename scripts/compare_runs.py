@@ -9,6 +9,7 @@ shows each run's hidden sizes, dropout, epochs and augmentation.
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from matplotlib import colormaps
@@ -35,23 +36,35 @@ def label(config: dict) -> str:
     return text
 
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("runs", type=Path, nargs="+")
-parser.add_argument("--out", type=Path, default=Path("compare.png"))
+parser = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR",
+                    help="output folders of nnscratch train (finished or not)")
+parser.add_argument("--out", type=Path, default=Path("compare.png"),
+                    help="the chart to write, a PNG (default compare.png)")
 args = parser.parse_args()
+runs = []
+for run in args.runs:
+    try:
+        runs.append((run, *history_and_config(run)))
+    except Exception as exc:  # noqa: BLE001 - any unreadable run: one line, not a traceback
+        sys.exit(f"compare_runs: error: {run}: not a readable nnscratch run "
+                 f"(no metrics.json or checkpoint.npz: {exc})")
 
 figure = Figure(figsize=(11, 6), dpi=100)
 FigureCanvasAgg(figure)
 axes = figure.add_subplot()
-palette = colormaps["tab20"] if len(args.runs) > 10 else colormaps["tab10"]  # no repeated colours
-for i, run in enumerate(args.runs):
-    history, config = history_and_config(run)
+palette = colormaps["tab20"] if len(runs) > 10 else colormaps["tab10"]  # no repeated colours
+lowest = 86.0
+for i, (_run, history, config) in enumerate(runs):
     values = [100 * v for v in history["val_accuracy"]]
+    lowest = min(lowest, min(values, default=lowest))
     axes.plot(range(1, len(values) + 1), values, color=palette(i % palette.N),
               label=f"{label(config)}: best {max(values):.2f}%")
 axes.set_xlabel("epoch")
 axes.set_ylabel("validation accuracy (%)")
-axes.set_ylim(86, 92.5)
+# From 86% (where the recipes' curves differ), lower if a run's curve goes lower.
+axes.set_ylim(max(0.0, lowest - 0.5), 92.5)
 axes.grid(alpha=0.3)
 axes.legend(fontsize=8, loc="lower right")
 axes.set_title("Validation accuracy per epoch of the recipes tried (5000 held-out training images)")

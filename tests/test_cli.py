@@ -288,7 +288,10 @@ def test_resume_from_a_foreign_checkpoint_never_writes_over_another_run(
     except SystemExit as exc:
         code = exc.code
     assert code == 2
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{victim} (where --resume {victim / 'copy-of-another-run.npz'} would write, given no " \
+        "--out) already holds a finished run" in err and "choose another --out" in err
+    assert "continue it" not in err  # the advice must not be to resume the victim
     assert (victim / "model.npz").read_bytes() == (reference / "model.npz").read_bytes()
 
 

@@ -6,6 +6,7 @@ test must prove it was never reached (or to trigger a failure inside it)."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -196,7 +197,7 @@ def test_an_out_path_with_dotdot_is_checked_as_the_place_it_names(tmp_path, monk
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "model.npz").write_bytes(b"a finished run")
     assert exit_status(["train", "--out", "done/new/.."]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a finished run" in capsys.readouterr().err
     assert (tmp_path / "done" / "model.npz").read_bytes() == b"a finished run"
     assert not (tmp_path / "done" / "new").exists()
 
@@ -228,7 +229,7 @@ def test_paths_with_dotdot_through_a_symlink_name_the_place_the_system_does(
     (tmp_path / "elsewhere" / "done").mkdir()
     (tmp_path / "elsewhere" / "done" / "model.npz").write_bytes(b"a finished run")
     assert exit_status(["train", "--out", "link/../done"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a finished run" in capsys.readouterr().err
 
 
 def test_an_unwritable_confusion_matrix_place_fails_before_evaluating(model_file, monkeypatch, capsys):
@@ -314,6 +315,66 @@ def test_closing_stdout_after_training_is_not_reported_as_a_failed_write(tmp_pat
     assert (out / "checkpoint.npz").exists()
 
 
+class _ClosesAfter:
+    """A stdout whose reader goes away after ``writes`` writes (`| head`)."""
+
+    def __init__(self, writes: int) -> None:
+        self.writes = writes
+
+    def write(self, text: str) -> int:
+        self.writes -= 1
+        if self.writes < 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+
+def test_closing_stdout_during_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    helpers.require_real_data()
+    out = tmp_path / "run"
+    # "Training ...", "Epoch 1/3" and epoch 1's summary (print writes text, then end):
+    # the reader leaves before "Epoch 2/3", after epoch 1's checkpoint.
+    monkeypatch.setattr(sys, "stdout", _ClosesAfter(6))
+    assert exit_status(["train", "--epochs", "3", "--hidden", "8", "--val-size", "55000",
+                        "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "stopped: standard output was closed; the checkpoint of the last finished epoch " \
+        f"is {out / 'checkpoint.npz'}" in err and f"nnscratch train --resume {out}" in err
+    assert (out / "checkpoint.npz").exists() and not (out / "model.npz").exists()
+
+
+def test_a_second_signal_while_the_checkpoint_is_saved_says_what_is_kept(
+        tmp_path, monkeypatch, capsys):
+    helpers.require_real_data()
+    out = tmp_path / "run"
+    calls = []
+    real_save = cli.save_checkpoint
+
+    def save_then_stop(path, trainer, config):
+        calls.append(trainer.epoch)
+        if len(calls) == 1:  # epoch 1's checkpoint, then Ctrl-C during the next step
+            real_save(path, trainer, config)
+            trainer.stop_requested = True
+            return
+        raise KeyboardInterrupt  # the second Ctrl-C, while the interrupted step is saved
+
+    monkeypatch.setattr(cli, "save_checkpoint", save_then_stop)
+    assert exit_status(["train", "--epochs", "3", "--hidden", "8", "--val-size", "55000",
+                        "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert f"Stopped at once; the checkpoint of the last finished epoch is {out / 'checkpoint.npz'}" \
+        in err and f"Resume with: nnscratch train --resume {out}" in err
+    assert (out / "checkpoint.npz").exists()
+
+
 def test_an_ignored_sigint_stays_ignored_during_training():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job
     try:
@@ -395,3 +456,138 @@ def test_the_console_script_is_the_ctrl_c_safe_entry_point():
     from importlib.metadata import entry_points
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts["nnscratch"] == "nnscratch:_command"
+
+
+# ---- from a new user's review: names, folders, options that could not work -------------
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "3", "--schedule", "cosine", "--warmup-epochs", "3"],
+     "--warmup-epochs 3 is not less than --epochs 3"),
+    (["train", "--batch-size", "60000"], "--batch-size 60000 is more than the 55000 training"),
+    (["train", "--batch-size", "20000", "--val-size", "50000"], "more than the 10000 training"),
+    (["evaluate", "{model}", "--confusion-matrix", "cm.txt"],
+     "must be a file name ending in .png, got 'cm.txt'"),
+])
+def test_options_that_could_not_work_are_usage_errors(argv, message, model_file, monkeypatch,
+                                                       capsys):
+    _patch_data(monkeypatch, must_not_load_data)
+    assert exit_status([a.replace("{model}", str(model_file)) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unfinished_run_in_out_is_offered_for_resuming(tmp_path, monkeypatch, capsys):
+    _patch_data(monkeypatch, must_not_load_data)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "checkpoint.npz").write_bytes(b"an unfinished run")
+    assert exit_status(["train", "--out", str(tmp_path / "half")]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds an unfinished run; continue it with --resume {tmp_path / 'half'}" in err
+
+
+def test_default_run_folders_of_the_same_second_get_their_own_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261125-120341")
+    assert cli._default_out() == Path("runs/20261125-120341")
+    (tmp_path / "runs" / "20261125-120341").mkdir(parents=True)
+    assert cli._default_out() == Path("runs/20261125-120341_2")
+    (tmp_path / "runs" / "20261125-120341_2").mkdir()
+    assert cli._default_out() == Path("runs/20261125-120341_3")
+    assert cli._default_out(taken=Path("runs/20261125-120341_2")) == Path("runs/20261125-120341_3")
+
+
+def test_a_run_that_loses_the_race_for_the_default_folder_takes_the_next(tmp_path, monkeypatch,
+                                                                          capsys):
+    # Another run created runs/<second> between this run's check and its mkdir.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261125-120341")
+    other = tmp_path / "runs" / "20261125-120341"
+    real = cli._default_out
+
+    def racing(taken=None):
+        if taken is None:
+            other.mkdir(parents=True, exist_ok=True)  # the other run got there first
+            return Path("runs/20261125-120341")
+        return real(taken)
+
+    monkeypatch.setattr(cli, "_default_out", racing)
+    seen = []
+
+    def no_data_here(*args, **kwargs):
+        seen.append(sorted(p.name for p in (tmp_path / "runs").iterdir()))
+        raise DataError("no data here")
+
+    _patch_data(monkeypatch, no_data_here)
+    monkeypatch.setattr(cli, "_compile_first", lambda *args: None)
+    assert exit_status(["train"]) == 1
+    assert seen == [["20261125-120341", "20261125-120341_2"]]  # it made its own folder
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["20261125-120341"]
+
+
+def test_predict_and_evaluate_take_a_run_folder(model_file, tmp_path, monkeypatch, capsys):
+    image = tmp_path / "item.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(image)
+    assert exit_status(["predict", str(tmp_path), str(image)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert exit_status(["predict", str(empty), str(image)]) == 2
+    assert "is a folder without a model.npz" in capsys.readouterr().err
+    _patch_data(monkeypatch, lambda *a, **k: (np.zeros((5, 28, 28), np.uint8), np.arange(5)))
+    assert exit_status(["evaluate", str(tmp_path)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_predict_takes_folders_and_images_after_options(model_file, tmp_path, capsys):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name in ("b.png", "a.jpg", ".hidden.png", "notes.txt"):
+        (pictures / name).write_bytes(b"")
+    Image.fromarray(np.full((40, 30), 30, np.uint8)).save(pictures / "b.png")
+    Image.fromarray(np.full((40, 30), 30, np.uint8)).save(pictures / "a.jpg")
+    (pictures / "nothing").mkdir()
+    single = tmp_path / "single.png"
+    Image.fromarray(np.full((28, 28), 10, np.uint8)).save(single)
+    assert exit_status(["predict", str(model_file), str(pictures), "--top", "1", str(single),
+                        str(pictures / "nothing")]) == 1
+    captured = capsys.readouterr()
+    files = [line.split(": ")[0] for line in captured.out.splitlines()]
+    assert files == [str(pictures / "a.jpg"), str(pictures / "b.png"), str(single)]
+    assert f"{pictures / 'nothing'}: a folder with no image files in it" in captured.err
+    assert all(len(line.split(", ")) == 1 for line in captured.out.splitlines())  # --top 1
+
+
+def test_predict_save_inputs_writes_what_the_model_saw(model_file, tmp_path, capsys):
+    from nnscratch.images import load_image
+    photo = tmp_path / "my photo.png"
+    gray = np.full((80, 60), 230, np.uint8)
+    gray[20:70, 15:45] = 40
+    Image.fromarray(gray).save(photo)
+    seen = tmp_path / "seen" / "deeper"
+    assert exit_status(["predict", str(model_file), str(photo), "--save-inputs", str(seen)]) == 0
+    assert sorted(p.name for p in seen.iterdir()) == ["1-my photo.png"]
+    saved = np.asarray(Image.open(seen / "1-my photo.png"))
+    assert np.array_equal(saved, load_image(photo))
+
+
+def test_predict_names_classes_of_a_model_saved_without_names(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    save(Sequential(Flatten(), Dense(784, 4), seed=0), model)
+    image = tmp_path / "i.png"
+    Image.fromarray(np.full((28, 28), 99, np.uint8)).save(image)
+    assert exit_status(["predict", str(model), str(image)]) == 0
+    assert capsys.readouterr().out.count("class ") == 3
+
+
+def test_predict_says_what_a_checkpoint_and_an_empty_file_are(tmp_path, capsys):
+    image = tmp_path / "empty.png"
+    image.write_bytes(b"")
+    model = tmp_path / "m.npz"
+    save(Sequential(Flatten(), Dense(784, 10), seed=0), model)
+    assert exit_status(["predict", str(model), str(image)]) == 1
+    assert f"{image}: empty file (0 bytes)" in capsys.readouterr().err
+    helpers.require_real_data()
+    run = tmp_path / "run"
+    assert exit_status(["train", "--epochs", "1", "--hidden", "8", "--val-size", "55000",
+                        "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert exit_status(["predict", str(run / "checkpoint.npz"), str(image)]) == 1
+    assert "it is a training checkpoint: use the run's model.npz" in capsys.readouterr().err

@@ -180,3 +180,63 @@ def test_a_28x28_image_with_a_faint_border_is_not_relevelled(tmp_path: Path) -> 
     item[:, -1] = 20
     Image.fromarray(item).save(tmp_path / "faint.png")
     assert np.array_equal(load_image(tmp_path / "faint.png"), item)
+
+
+# ---- photos: noise, uneven light, specks and frames must not move the crop --------
+def _photo(kind: str, seed: int = 0) -> np.ndarray:
+    """A dark, shaded item (a T-shirt-like shape) on a light 600x800 background, as
+    a phone might take it, with one kind of trouble."""
+    rng = np.random.default_rng(seed)
+    h, w = 800, 600
+    y, x = np.mgrid[0:h, 0:w]
+    bg = np.full((h, w), 235.0)
+    if kind in ("noise", "gradient", "vignette", "specks"):
+        bg += rng.normal(0, 6, (h, w))
+    if kind == "gradient":
+        bg += -35 + 40 * x / w
+    if kind == "vignette":
+        bg -= 30 * (((y - h / 2) / (h / 2)) ** 2 + ((x - w / 2) / (w / 2)) ** 2)
+    body = (y > 300) & (y < 650) & (x > 200) & (x < 420)
+    sleeves = (y > 300) & (y < 400) & (x > 140) & (x < 480)
+    item = body | sleeves
+    img = np.where(item, 40 + 60 * (y - 300) / 350, bg)
+    if kind == "specks":
+        img[10:14, 10:14] = 20
+        img[700:706, 550:556] = 40
+    if kind == "frame":
+        img[:15] = img[-15:] = 10
+        img[:, :15] = img[:, -15:] = 10
+    return np.clip(img, 0, 255) / 255
+
+
+@pytest.mark.parametrize("kind", ["noise", "gradient", "vignette", "specks", "frame"])
+def test_a_photos_trouble_does_not_move_the_crop(kind: str) -> None:
+    from nnscratch.images import to_fashion_mnist
+    clean = to_fashion_mnist(_photo("clean"))
+    troubled = to_fashion_mnist(_photo(kind))
+    # The item fills the frame as in the clean photo: the same box within a pixel.
+    box = [np.nonzero((a > 30).any(axis=k))[0][[0, -1]] for a in (clean, troubled) for k in (0, 1)]
+    assert np.abs(np.concatenate(box[:2]) - np.concatenate(box[2:])).max() <= 1, (box, kind)
+    assert clean.max() > 200  # the item's darkest part becomes bright
+    assert np.abs(clean.astype(int) - troubled.astype(int)).mean() < 8
+    # Background black: beside the body, below the sleeves.
+    assert troubled[-4:, :3].max() < 30 and troubled[-4:, -3:].max() < 30, troubled
+
+
+def test_a_close_up_filling_the_picture_is_kept_whole() -> None:
+    from nnscratch.images import to_fashion_mnist
+    gray = np.full((300, 200), 0.15)
+    gray[:, 40:160] = 0.9  # a light item from top to bottom, touching two sides
+    out = to_fashion_mnist(gray)
+    rows = np.nonzero((out > 30).any(axis=1))[0]
+    assert rows[0] == 0 and rows[-1] == 27
+
+
+def test_pieces_are_labelled_even_when_the_mask_is_full() -> None:
+    from nnscratch.images import _label
+    assert np.array_equal(_label(np.ones((3, 4), bool)), np.ones((3, 4), int))
+    mask = np.zeros((5, 5), bool)
+    mask[0, 0] = mask[4, 4] = mask[3, 3] = True  # two pieces (diagonal neighbours join)
+    labels = _label(mask)
+    assert labels[0, 0] != labels[4, 4] == labels[3, 3] and labels[1, 1] == 0
+    assert set(np.unique(labels)) == {0, 1, 2}

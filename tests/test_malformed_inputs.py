@@ -669,10 +669,11 @@ USAGE_ERRORS = {
                                   ["--resume", "no checkpoint.npz"]),
     "out is a file": (["train", "--out", "{tmp}/file.txt"], ["--out", "not a directory"]),
     "evaluate missing model": (["evaluate", "{tmp}/absent.npz"], ["absent.npz", "no such file"]),
-    "evaluate directory as model": (["evaluate", "{tmp}"], ["is a directory"]),
+    "evaluate directory as model": (["evaluate", "{tmp}"], ["is a folder without a model.npz"]),
     "predict missing model": (["predict", "{tmp}/absent.npz", "{tmp}/img.png"],
                               ["absent.npz", "no such file"]),
-    "predict directory as model": (["predict", "{tmp}", "{tmp}/img.png"], ["is a directory"]),
+    "predict directory as model": (["predict", "{tmp}", "{tmp}/img.png"],
+                                   ["is a folder without a model.npz"]),
     "predict without images": (["predict", "{tmp}/absent.npz"], ["required: IMAGE"]),
     "predict bad invert": (["predict", "{tmp}/m.npz", "x.png", "--invert", "maybe"], ["--invert"]),
     "predict top 0": (["predict", "{tmp}/m.npz", "x.png", "--top", "0"], ["--top", "'0'"]),
@@ -730,7 +731,8 @@ def test_out_holding_a_run_is_refused_and_left_alone(
         cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"--out {out} already holds a run" in err and f"--resume {out}" in err
+    # A finished run: resuming it would only write the same results again.
+    assert f"--out {out} already holds a finished run" in err and "--resume" not in err
     assert sorted(p.name for p in out.iterdir()) == ["model.npz"]
     assert (out / "model.npz").read_bytes() == data
 
@@ -838,7 +840,8 @@ def test_cli_predict_answers_good_images_and_reports_each_bad_one(
     for line, path in zip(err_lines, bad):
         assert line.startswith(f"nnscratch predict: error: {path}: ")
     assert "no such file" in err_lines[1]
-    assert "directory" in err_lines[4]
+    assert "empty file (0 bytes)" in err_lines[3]
+    assert "a folder with no image files in it" in err_lines[4]
 
 
 def test_cli_predict_shows_every_class_of_a_model_with_fewer_than_three(
