@@ -213,8 +213,11 @@ def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
         command = parser.commands[args.command]
         args.program = program
         if args.command == "predict":  # images after an option (`M a.png --json b.png`)
-            args.images += [Path(u) for u in unknown if not u.startswith("-")]
-            unknown = [u for u in unknown if u.startswith("-")]
+            # (after "--" every word is an image, even one that starts with "-")
+            cut = unknown.index("--") if "--" in unknown else len(unknown)
+            args.images += [Path(u) for u in unknown[:cut] if not u.startswith("-")]
+            args.images += [Path(u) for u in unknown[cut + 1:]]
+            unknown = [u for u in unknown[:cut] if u.startswith("-")]
         if unknown:  # argparse would report these with the top-level usage
             command.error(f"unrecognized arguments: {' '.join(unknown)}")
         # SIGTERM stops like Ctrl-C (training installs its own checkpointing handler).
@@ -333,11 +336,12 @@ def _resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def _default_out(taken: Path | None = None) -> Path:
-    """runs/<date-time>, with -2, -3, ... when that exists (runs started in the same
-    second); ``taken``: a name just found taken, so the next one is wanted."""
+    """runs/<date-time>, with _2, _3, ... when that name is taken (runs started in
+    the same second); ``taken``: a name just found taken, so a later one is wanted.
+    (lexists: a broken symbolic link takes a name too.)"""
     stamp = taken.name.split("_")[0] if taken is not None else time.strftime("%Y%m%d-%H%M%S")
     out, n = Path("runs") / stamp, 2
-    while out.exists():
+    while os.path.lexists(out) or out == taken:
         out, n = Path("runs") / f"{stamp}_{n}", n + 1
     return out
 
@@ -527,7 +531,12 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     while created is None:
         try:  # the default folder is made new: a run started in the same second takes the next
             created = _make_out_dir(out, fresh=args.out is None and ckpt is None)
-        except FileExistsError:
+        except FileExistsError as exc:
+            if not os.path.lexists(out):  # not the name itself: "runs" is a file or a broken link
+                what = (f"{exc.filename} is a symbolic link to nothing"
+                        if os.path.islink(exc.filename) and not os.path.exists(exc.filename)
+                        else f"{exc.filename} exists and is not a directory")
+                raise CLIError(f"--out {out}: cannot write there ({what})") from None
             out = _default_out(taken=out)
     lock = None
     try:
@@ -869,6 +878,9 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         blocker = _file_in_the_way([args.save_inputs, *args.save_inputs.absolute().parents])
         if blocker is not None:
             parser.error(f"--save-inputs {args.save_inputs}: {blocker} exists and is not a directory")
+        if args.save_inputs.is_dir() and any(args.save_inputs.iterdir()):
+            parser.error(f"--save-inputs {args.save_inputs}: not empty; give a new or empty "
+                         "folder (its files are never overwritten or mixed with new ones)")
     model = load(args.model)
     if model.in_features != 784:
         raise CLIError(f"{args.model}: the model takes {model.in_features} inputs, not 28x28 images")
@@ -876,10 +888,17 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         args.top = min(3, model.num_classes)
     elif args.top > model.num_classes:
         parser.error(f"--top {args.top}: {args.model} knows only {model.num_classes} classes")
+    created = ([] if args.save_inputs is None
+               else _make_out_dir(args.save_inputs, "--save-inputs"))
+    try:
+        return _predict(args, model)
+    finally:
+        _remove_if_empty(created)  # nothing saved (every image failed): no empty folder left
+
+
+def _predict(args: argparse.Namespace, model: Sequential) -> int:
     names = model.class_names or [f"class {i}" for i in range(model.num_classes)]
     results, failed = [], 0
-    if args.save_inputs is not None:
-        _make_out_dir(args.save_inputs, "--save-inputs")
     for n, (path, problem) in enumerate(_image_files(args.images), start=1):
         try:
             if problem is not None:
@@ -891,6 +910,7 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             if not args.json:
                 print(f"nnscratch predict: error: {exc}", file=sys.stderr)
             continue
+        seen = None
         if args.save_inputs is not None:
             from PIL import Image
             seen = args.save_inputs / f"{n}-{path.stem or 'image'}.png"
@@ -899,6 +919,8 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         top = np.argsort(probs)[::-1][:args.top]
         results.append({"file": str(path), "predictions": [
             {"class": names[k], "index": int(k), "probability": float(probs[k])} for k in top]})
+        if seen is not None:
+            results[-1]["input_image"] = str(seen)
         if looks_blank(image):
             warning = "the image looks blank (no item stands out from the background)"
             results[-1]["warning"] = warning
@@ -911,12 +933,17 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 1 if failed else 0
 
 
+# What a folder given to predict is searched for: the usual picture formats
+# (Pillow also registers formats it cannot read without other software, or only
+# writes, such as .eps and .pdf).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".dib", ".tif",
+                    ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico")
+
+
 def _image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
-    """``paths`` with each folder replaced by its image files (by the extensions
-    Pillow reads), sorted by name, each with None; a folder with none stays, with
-    the problem to report."""
-    from PIL import Image
-    extensions = {e.lower() for e in Image.registered_extensions()}
+    """``paths`` with each folder replaced by its image files (IMAGE_EXTENSIONS, not
+    hidden), sorted by name, each with None, or with the problem to report (a
+    broken link); a folder with none stays, with the problem to report."""
     files: list[tuple[Path, str | None]] = []
     for path in paths:
         if not path.is_dir():
@@ -924,12 +951,13 @@ def _image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
             continue
         try:
             found = sorted(p for p in path.iterdir()
-                           if p.suffix.lower() in extensions and not p.name.startswith(".")
-                           and p.is_file())
+                           if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                           and not p.is_dir())
         except OSError as exc:
             found, why = [], f"cannot list it ({exc.strerror or exc})"
         else:
             why = "a folder with no image files in it"
+        # (a broken link is kept: reading it says so, where skipping it would not)
         files += [(p, None) for p in found] or [(path, f"{path}: {why}")]
     return files
 

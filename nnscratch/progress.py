@@ -50,7 +50,8 @@ class Progress:
         done = width * step // self.steps
         bar = (" [" + "=" * max(done - 1, 0) + (">" if done < width else "=")
                + "." * (width - done) + "]") if width >= 10 else ""
-        self.stream.write("\r" + (count + bar + tail)[:max(columns - 1, 1)])
+        # "\033[K" clears what a longer previous line left (the ETA may lose a digit).
+        self.stream.write("\r" + (count + bar + tail)[:max(columns - 1, 1)] + "\033[K")
         self.stream.flush()
 
     def end_epoch(self, seconds: float, metrics: dict[str, float]) -> None:

@@ -5,9 +5,13 @@
 Each of the first ``--items`` test images (from index 1000 on) is enlarged to
 400x400, drawn as a dark, colour-tinted item on a light 600x800 background and
 saved as a JPEG (quality 85), as a phone photo of a garment on a sheet might
-look. Each kind of trouble a photo brings is one column: a clean background,
+look. Each kind of trouble a photo brings is one row: a clean background,
 sensor noise (sigma 3 and 6 gray levels), a lighting gradient, darker corners,
-one or three dark specks, and a dark frame. Every picture goes through the
+one or three dark specks, a dark frame, a close-up (the picture only as tall
+as the item, which touches its top and bottom edges), a low-contrast item (a
+gray item 25 levels darker than a gray background) and a light item on a dark
+background (Fashion-MNIST's own polarity), the last three with noise (sigma
+6). Every picture goes through the
 same reading and conversion as `nnscratch predict` (``nnscratch.images``), and
 the script prints the model's top-1 accuracy per kind, next to its accuracy on
 the same items as raw 28x28 test images.
@@ -28,7 +32,7 @@ from nnscratch import images
 from nnscratch.datasets import load_fashion_mnist_split
 
 KINDS = ("clean", "noise 3", "noise 6", "gradient", "dark corners", "1 speck", "3 specks",
-         "frame")
+         "frame", "close-up", "low contrast", "light on dark")
 FIRST = 1000  # test items from here on
 
 
@@ -36,9 +40,10 @@ def photo(item: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
     """A JPEG of ``item`` (28x28 uint8, light on black) as a dark item on a light
     background, with one kind of trouble."""
     shape = np.asarray(Image.fromarray(item).resize((400, 400), Image.BICUBIC)) / 255.0
-    h, w = 800, 600
+    h, w = (400, 520) if kind == "close-up" else (800, 600)
+    oy, ox = (0, 60) if kind == "close-up" else (200, 100)
     y, x = np.mgrid[0:h, 0:w]
-    background = np.full((h, w), 235.0)
+    background = np.full((h, w), {"low contrast": 150.0, "light on dark": 30.0}.get(kind, 235.0))
     if kind != "clean" and kind != "frame":
         background += rng.normal(0, 3 if kind == "noise 3" else 6, (h, w))
     if kind == "gradient":
@@ -47,9 +52,14 @@ def photo(item: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
         background -= 30 * (((y - h / 2) / (h / 2)) ** 2 + ((x - w / 2) / (w / 2)) ** 2)
     rgb = np.repeat(background[..., None], 3, axis=2)
     colour = rng.uniform(20, 120, 3)
+    shading = 1.6 - 0.6 * shape[..., None]  # darker where the item is brighter in the data
+    if kind == "low contrast":
+        colour, shading = np.full(3, 125.0), 1.0 + 0.1 * (1 - shape[..., None])
+    if kind == "light on dark":
+        colour, shading = rng.uniform(150, 220, 3), 0.5 + 0.5 * shape[..., None]
     cover = np.minimum(shape * 3, 1)[..., None]  # where the item is (its faint edge blends)
-    region = rgb[200:600, 100:500]
-    region[:] = region * (1 - cover) + colour * (1.6 - 0.6 * shape[..., None]) * cover
+    region = rgb[oy:oy + 400, ox:ox + 400]
+    region[:] = region * (1 - cover) + colour * shading * cover
     if kind in ("1 speck", "3 specks"):
         rgb[10:14, 10:14] = 20
     if kind == "3 specks":

@@ -59,7 +59,8 @@ lowest = 86.0
 for i, (_run, history, config) in enumerate(runs):
     values = [100 * v for v in history["val_accuracy"]]
     lowest = min(lowest, min(values, default=lowest))
-    axes.plot(range(1, len(values) + 1), values, color=palette(i % palette.N),
+    # (a marker, so that a one-epoch run, a single point, shows too)
+    axes.plot(range(1, len(values) + 1), values, color=palette(i % palette.N), marker=".",
               label=f"{label(config)}: best {max(values):.2f}%")
 axes.set_xlabel("epoch")
 axes.set_ylabel("validation accuracy (%)")
@@ -67,7 +68,9 @@ axes.set_ylabel("validation accuracy (%)")
 axes.set_ylim(max(0.0, lowest - 0.5), 92.5)
 axes.grid(alpha=0.3)
 axes.legend(fontsize=8, loc="lower right")
-axes.set_title("Validation accuracy per epoch of the recipes tried (5000 held-out training images)")
+sizes = sorted({config["val_size"] for _, _, config in runs})
+axes.set_title("Validation accuracy per epoch (held-out training images: "
+               f"{', '.join(map(str, sizes))})")
 figure.tight_layout()
 figure.savefig(args.out)
 print(f"wrote {args.out}")

@@ -7,6 +7,7 @@ test must prove it was never reached (or to trigger a failure inside it)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -591,3 +592,67 @@ def test_predict_says_what_a_checkpoint_and_an_empty_file_are(tmp_path, capsys):
     capsys.readouterr()
     assert exit_status(["predict", str(run / "checkpoint.npz"), str(image)]) == 1
     assert "it is a training checkpoint: use the run's model.npz" in capsys.readouterr().err
+
+
+def test_a_broken_link_named_runs_is_an_error_not_a_hang(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").symlink_to(tmp_path / "nowhere")
+    _patch_data(monkeypatch, must_not_load_data)
+    monkeypatch.setattr(cli, "_compile_first", lambda *args: None)
+    assert exit_status(["train"]) == 1
+    assert "cannot write there (runs is a symbolic link to nothing)" in capsys.readouterr().err
+
+
+def test_a_broken_link_takes_a_default_name_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20261125-120341")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "20261125-120341").symlink_to(tmp_path / "nowhere")
+    assert cli._default_out() == Path("runs/20261125-120341_2")
+
+
+def test_predict_reads_every_word_after_a_double_dash_as_an_image(model_file, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((28, 28), 10, np.uint8)).save(tmp_path / "a.png")
+    for name in ("-x.png", "--json"):  # images with names like options
+        (tmp_path / name).write_bytes((tmp_path / "a.png").read_bytes())
+    assert exit_status(["predict", str(model_file), "a.png", "--top", "1", "--", "-x.png",
+                        "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in out] == ["a.png", "-x.png", "--json"]
+
+
+def test_a_folder_is_searched_for_picture_formats_only(model_file, tmp_path, capsys):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.fromarray(np.full((28, 28), 10, np.uint8)).save(pictures / "item.png")
+    (pictures / "notes.pdf").write_bytes(b"%PDF-1.4")
+    (pictures / "scan.eps").write_bytes(b"%!PS")
+    (pictures / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert exit_status(["predict", str(model_file), str(pictures)]) == 1
+    captured = capsys.readouterr()
+    assert [line.split(": ")[0] for line in captured.out.splitlines()] == [str(pictures / "item.png")]
+    assert f"{pictures / 'gone.png'}: no such file" in captured.err  # a broken link is said
+    assert "notes.pdf" not in captured.err and "scan.eps" not in captured.err
+
+
+def test_save_inputs_wants_a_new_or_empty_folder_and_leaves_none_empty(model_file, tmp_path,
+                                                                      capsys):
+    image = tmp_path / "item.png"
+    Image.fromarray(np.full((28, 28), 10, np.uint8)).save(image)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "1-item.png").write_bytes(b"an earlier run's")
+    assert exit_status(["predict", str(model_file), str(image), "--save-inputs", str(used)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (used / "1-item.png").read_bytes() == b"an earlier run's"
+    fresh = tmp_path / "fresh"
+    assert exit_status(["predict", str(model_file), str(tmp_path / "missing.png"),
+                        "--save-inputs", str(fresh)]) == 1
+    assert not fresh.exists()  # nothing was saved: the folder made for it is gone
+    capsys.readouterr()
+    assert exit_status(["predict", str(model_file), str(image), "--save-inputs", str(fresh),
+                        "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["input_image"] == str(fresh / "1-item.png")

@@ -27,6 +27,8 @@ def test_the_live_line_fits_the_terminal(columns, monkeypatch):
         progress.update(step, {"loss": 0.61234, "accuracy": 0.78125})
     lines = stream.getvalue().split("\r")[1:]
     assert len(lines) == 3
+    assert all(line.endswith("\033[K") for line in lines)  # each clears the last one's end
+    lines = [line.removesuffix("\033[K") for line in lines]
     for line in lines:
         # Longer than the terminal, a line wraps and "\r" redraws only its last row.
         assert len(line) <= columns - 1, line
