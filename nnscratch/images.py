@@ -40,7 +40,8 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
         info = os.stat(path)
         mode = info.st_mode
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        what = "a symbolic link to nothing" if os.path.islink(path) else "no such file"
+        raise ImageError(f"{path}: {what}") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read it ({exc.strerror})") from None
     except ValueError as exc:  # e.g. an embedded NUL byte in the path
@@ -166,33 +167,39 @@ def _on_black(gray: np.ndarray, background: float | np.ndarray) -> np.ndarray:
 # ---- a photo: find the item, then frame it as Fashion-MNIST does --------------------
 #
 # A photo is not a clean cut-out: its background has noise, uneven light (a
-# gradient, darker corners), perhaps specks or a frame. Each of these, read as
-# "item", used to stretch the crop to the whole picture and shrink the item to
-# a few pixels (``scripts/check_photos.py``: with sensor noise, a lighting
-# gradient, a speck or a frame, 9-26% of 200 test items made into photos were
-# classified right, against 89-90% now). So:
+# gradient, darker corners), perhaps specks, a frame or a table edge. Each of
+# these, read as "item", used to stretch the crop to the whole picture and
+# shrink the item to a few pixels (``scripts/check_photos.py``: with sensor
+# noise, a lighting gradient, a speck or a frame, 9-26% of 200 test items made
+# into photos were classified right). So:
 #
 # 1. look at a coarse copy (at most COARSE pixels a side, block means), where
 #    pixel noise has averaged away;
-# 2. a frame (a band of one level all round, with a band of another inside it)
-#    is not part of the picture: set it aside;
-# 3. the background is what the border shows (its median: the item may touch
-#    an edge or two); a light background means a dark item: invert;
-# 4. model the background as a smooth surface, a quadratic in x and y fitted to
-#    the pixels of an outer band that lie near it (refitted as the fit improves),
-#    so uneven light is subtracted, not mistaken for the item, and a faint
-#    item in the middle is not fitted into the background;
+# 2. a frame (rings of one level all round, then rings of another, with more
+#    than one level inside) is not part of the picture: set it aside;
+# 3. model the background as a smooth surface, a quadratic in x and y fitted to
+#    the pixels of an outer band that lie near the border's median (refitted as
+#    the fit improves), so uneven light is subtracted, not mistaken for the
+#    item, and a faint item in the middle is not fitted into the background;
+# 4. the item is what departs from the surface: if more departs below it than
+#    above, the item is darker than its background: invert;
 # 5. the item is what stands clearly above the surface (THRESHOLD, or 5 noise
-#    sigmas of the coarse copy), in connected pieces; pieces with under 2% of the largest
-#    one's mass are specks, not the item;
-# 6. crop the full-size picture to those pieces, subtract the surface, scale
-#    the longer side to 28 pixels, centre it, and stretch its levels so that
-#    the brightest pixel is white, as in Fashion-MNIST.
+#    sigmas of the coarse copy), in connected pieces; pieces with under 2% of
+#    the largest one's mass are specks, and a piece hugging the border (within
+#    _EDGE of it, along most of one side: a table edge, a shadow, a bar) is not
+#    the item either, unless nothing else is left;
+# 6. look again at the item's box (and a block around it) on a finer grid,
+#    where a small item's edges are found to a few pixels instead of a block;
+# 7. crop the full-size picture to the item, subtract the surface, scale the
+#    longer side to 28 pixels, centre it, and stretch its levels so that the
+#    brightest pixel is white, as in Fashion-MNIST.
 
 COARSE = 128
 THRESHOLD = 0.04  # of full scale: the least an item must stand above the background
-_SPECK = 0.02
-_BAND = 0.15  # the outer band the background is fitted on, as a fraction of the shorter side
+_SPECK = 0.02     # pieces with less of the largest one's mass are specks
+_BAND = 0.15      # the outer band the background is fitted on (of the shorter side)
+_EDGE = 0.2       # how close to the border a piece must stay to be a band, not the item
+_FINE = 40        # items under this many coarse pixels across are looked at again, finer
 
 
 def _photo_to_fashion_mnist(gray: np.ndarray, invert: str) -> np.ndarray:
@@ -201,26 +208,28 @@ def _photo_to_fashion_mnist(gray: np.ndarray, invert: str) -> np.ndarray:
     factor = max(1, -(-max(gray.shape) // COARSE))
     coarse = _block_mean(gray, factor)
     top, bottom, left, right = _inside_frame(coarse)
-    if invert == "yes" or (invert == "auto"
-                           and np.median(_border(coarse[top:bottom, left:right])) > 0.5):
-        gray, coarse = 1.0 - gray, 1.0 - coarse
-    rows, cols = range(top, bottom), range(left, right)  # in coarse pixels, inside any frame
-    surface, noise = _background_surface(coarse, rows, cols)
-    excess = coarse[top:bottom, left:right] - _evaluate(surface, rows, cols, 1)
-    pieces = _item_pieces(excess > max(THRESHOLD, 5 * noise), excess)
-    if pieces.any():
-        found_rows, found_cols = np.nonzero(pieces)
-        top, bottom = top + found_rows.min(), top + found_rows.max() + 1
-        left, right = left + found_cols.min(), left + found_cols.max() + 1
-    # Back to full-size pixels: each coarse pixel covers factor x factor of them.
-    # (With no item found, the whole picture inside the frame: predict warns that
-    # it looks blank.) Cropping to whole blocks keeps an item's faint edges: a
-    # crop refined to the full-size pixels standing out lost them (measured on
-    # 400 items of check_photos.py's kinds: 0.7-1.7 points worse in 4 of 6 kinds,
-    # the same in one, 0.5 better in one).
+    view = coarse[top:bottom, left:right]
+    y = _centres(top, bottom - top, factor, factor)
+    x = _centres(left, right - left, factor, factor)
+    surface, noise = _background_surface(view, y, x)
+    departure = view - _surface_at(surface, y, x)
+    if invert == "yes" or (invert == "auto" and _darker_item(departure, noise)):
+        gray, coarse, view, departure = 1.0 - gray, 1.0 - coarse, 1.0 - view, -departure
+        surface = -surface
+        surface[0] += 1.0  # the surface of 1 - gray
+    pieces = _item_pieces(departure > max(THRESHOLD, 5 * noise), departure)
+    # Full-size pixels: each coarse pixel covers factor x factor of them. With no
+    # item found, the whole picture inside the frame (predict warns that it
+    # looks blank).
     r0, r1 = top * factor, min(bottom * factor, gray.shape[0])
     c0, c1 = left * factor, min(right * factor, gray.shape[1])
-    crop = _on_black(gray[r0:r1, c0:c1], _evaluate(surface, range(r0, r1), range(c0, c1), factor))
+    if pieces.any():
+        rows, cols = np.nonzero(pieces)
+        r0, r1, c0, c1 = _finer_box(gray, surface, noise, factor, (
+            (top + rows.min()) * factor, min((top + rows.max() + 1) * factor, gray.shape[0]),
+            (left + cols.min()) * factor, min((left + cols.max() + 1) * factor, gray.shape[1])))
+    crop = _on_black(gray[r0:r1, c0:c1], _surface_at(surface, _centres(r0, r1 - r0, 1, factor),
+                                                     _centres(c0, c1 - c0, 1, factor)))
     h, w = crop.shape
     scale = SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -244,18 +253,20 @@ def _block_mean(gray: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
-def _uniform(ring: np.ndarray, level: float, share: float) -> bool:
-    """Whether ``share`` of the ring lies within 0.05 of ``level``."""
-    return float(np.mean(np.abs(ring - level) < 0.05)) >= share
+def _uniform(pixels: np.ndarray, level: float, share: float) -> bool:
+    """Whether ``share`` of the pixels lie within 0.05 of ``level``."""
+    return float(np.mean(np.abs(pixels - level) < 0.05)) >= share
 
 
 def _inside_frame(coarse: np.ndarray) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the picture inside a frame, or of all of it.
 
     A frame is a run of rings (ring k: the pixels k steps in from the edge) all at
-    one level, followed by a ring uniformly at another level, the background; a
-    ring between the two may be a blend of both (block means across the edge). A
-    uniform border followed by anything else (the item, clutter) is no frame."""
+    one level, followed by rings mostly at another level, the background (an item
+    may touch the frame); a ring or two between them may blend both (block means
+    across the edge). What the rings enclose must not be all one level: then the
+    "frame" was the background around a plain item. (Not recognised: a frame of
+    two colours, a mat inside a frame, bars on two sides only.)"""
     h, w = coarse.shape
 
     def ring(k: int) -> np.ndarray:
@@ -264,45 +275,49 @@ def _inside_frame(coarse: np.ndarray) -> tuple[int, int, int, int]:
     level = float(np.median(ring(0)))
     if min(h, w) < 8 or not _uniform(ring(0), level, 0.95):
         return 0, h, 0, w
-    for k in range(1, min(h, w) // 4):
+    # At most 8% of the shorter side: a wider "frame" is more likely the margin
+    # around an item of one colour whose outline is a rectangle.
+    for k in range(1, max(2, round(0.08 * min(h, w)))):
         if _uniform(ring(k), level, 0.95):
             continue  # still the frame
-        for j in (k, k + 1):  # the background's first ring: this one, or past a blend
+        for j in (k, k + 1, k + 2):  # the background's first ring: this one, or past blends
             inner = float(np.median(ring(j)))
-            if abs(inner - level) > 0.1 and all(_uniform(ring(i), inner, 0.9) for i in (j, j + 1)):
+            if abs(inner - level) > 0.1 and all(_uniform(ring(i), inner, 0.75) for i in (j, j + 1)) \
+                    and not _uniform(coarse[j:h - j, j:w - j], inner, 0.95):
                 return j, h - j, j, w - j
         break
     return 0, h, 0, w
 
 
-def _terms(rows: range, cols: range, factor: int) -> list[np.ndarray]:
-    """1, x, y, x^2, xy, y^2 at the centres of these pixels of a picture whose
-    coarse copy is ``factor`` times smaller, in that copy's coordinates (so one
-    fit serves both sizes)."""
-    y = ((np.arange(rows.start, rows.stop) + 0.5) / factor / COARSE)[:, None]
-    x = ((np.arange(cols.start, cols.stop) + 0.5) / factor / COARSE)[None, :]
-    one = np.ones((len(rows), len(cols)))
-    return [one, x * one, y * one, x * x * one, x * y, y * y * one]
+def _centres(start: int, count: int, step: int, factor: int) -> np.ndarray:
+    """The centres of ``count`` pixels, each ``step`` full-size pixels wide, from
+    full-size pixel ``start``, in the background surface's units (COARSE pixels
+    of the coarse copy, whose pixels are ``factor`` full-size ones wide), so that
+    one fit serves the coarse copy, a finer grid and the full-size picture."""
+    return (start + (np.arange(count) + 0.5) * step) / factor / COARSE
 
 
-def _evaluate(surface: np.ndarray, rows: range, cols: range, factor: int) -> np.ndarray:
-    """The background surface over these pixels."""
-    return sum(c * t for c, t in zip(surface, _terms(rows, cols, factor)))
+def _surface_at(surface: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The quadratic surface (coefficients of 1, x, y, x^2, xy, y^2) at rows y x columns x."""
+    y, x = y[:, None], x[None, :]
+    return (surface[0] + surface[1] * x + surface[2] * y + surface[3] * x * x
+            + surface[4] * x * y + surface[5] * y * y)
 
 
-def _background_surface(coarse: np.ndarray, rows: range, cols: range) -> tuple[np.ndarray, float]:
-    """Coefficients of the background's quadratic surface over ``rows`` x ``cols``
-    of the coarse picture, and the noise (a robust standard deviation) of the
-    background pixels around it. Fitted on the outer band only."""
-    view = coarse[rows.start:rows.stop, cols.start:cols.stop]
+def _background_surface(view: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Coefficients of the background's quadratic surface over ``view`` (whose
+    pixel centres are rows ``y`` and columns ``x``), and the noise (a robust
+    standard deviation) of the background pixels around it. Fitted on the outer
+    band only, to the pixels near the border's median level and then near the fit."""
     band = max(1, round(_BAND * min(view.shape)))
     outer = np.ones(view.shape, bool)
     outer[band:-band, band:-band] = False
-    terms = np.stack([t[outer] for t in _terms(rows, cols, 1)], axis=1)
+    yy, xx = np.broadcast_arrays(y[:, None], x[None, :])
+    yy, xx = yy[outer], xx[outer]
+    terms = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], axis=1)
     values = view[outer]
     level = float(np.median(_border(view)))
-    surface = np.zeros(terms.shape[1])
-    surface[0] = level
+    surface = np.array([level, 0.0, 0.0, 0.0, 0.0, 0.0])
     near = np.abs(values - level) < 0.05
     noise = 0.0
     for _ in range(4):  # fit, take the pixels close to the fit, fit again
@@ -315,16 +330,68 @@ def _background_surface(coarse: np.ndarray, rows: range, cols: range) -> tuple[n
     return surface, noise
 
 
-def _item_pieces(mask: np.ndarray, excess: np.ndarray) -> np.ndarray:
-    """``mask`` without specks (see step 5 above)."""
+def _darker_item(departure: np.ndarray, noise: float) -> bool:
+    """Whether more of the picture departs below the background than above it."""
+    limit = max(THRESHOLD, 5 * noise)
+    below = float(np.sum(-departure[departure < -limit]))
+    above = float(np.sum(departure[departure > limit]))
+    return below > above
+
+
+def _item_pieces(mask: np.ndarray, departure: np.ndarray) -> np.ndarray:
+    """``mask`` without specks and bands along the border (see step 5 above)."""
     labels = _label(mask)
     count = int(labels.max())
     if count == 0:
         return mask
-    mass = np.bincount(labels.reshape(-1), weights=np.clip(excess, 0, None).reshape(-1),
+    mass = np.bincount(labels.reshape(-1), weights=np.clip(departure, 0, None).reshape(-1),
                        minlength=count + 1)[1:]
     keep = mass >= _SPECK * mass.max()
+    bands = keep & _hugs_the_border(labels, count)
+    if bands.any() and (keep & ~bands).any():
+        keep &= ~bands
     return keep[labels - 1] & (labels > 0)
+
+
+def _hugs_the_border(labels: np.ndarray, count: int) -> np.ndarray:
+    """For pieces 1..count: whether the piece stays within _EDGE of the border
+    and runs along at least 80% of one side (a table edge, a shadow, a frame)."""
+    h, w = labels.shape
+    rows, cols = np.indices((h, w))
+    inward = np.minimum(np.minimum(rows, h - 1 - rows) / h, np.minimum(cols, w - 1 - cols) / w)
+    deepest = np.zeros(count + 1)
+    np.maximum.at(deepest, labels.reshape(-1), inward.reshape(-1))
+    along = np.zeros(count + 1)
+    for edge, length in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
+        covered = np.bincount(edge, minlength=count + 1) / length
+        along = np.maximum(along, covered)
+    return ((deepest <= _EDGE) & (along >= 0.8))[1:]
+
+
+def _finer_box(gray: np.ndarray, surface: np.ndarray, noise: float, factor: int,
+               box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The item's box (r0, r1, c0, c1 in full-size pixels) found again on a finer
+    grid: the coarse ``box`` and a block around it, at most COARSE pixels a side.
+    A coarse box is up to a block too wide each way, which for a small item is
+    much of its size. The same surface; the noise shrinks with the pixels."""
+    r0, r1, c0, c1 = box
+    if max(r1 - r0, c1 - c0) >= _FINE * factor:
+        return box  # a block is a small part of the item (and whole blocks keep faint edges)
+    r0, c0 = max(r0 - factor, 0), max(c0 - factor, 0)
+    r1, c1 = min(r1 + factor, gray.shape[0]), min(c1 + factor, gray.shape[1])
+    step = max(1, -(-max(r1 - r0, c1 - c0) // COARSE))
+    if step >= factor:
+        return box
+    fine = _block_mean(gray[r0:r1, c0:c1], step)
+    departure = fine - _surface_at(surface, _centres(r0, fine.shape[0], step, factor),
+                                   _centres(c0, fine.shape[1], step, factor))
+    # (block means of step x step pixels: the noise is factor / step times the coarse copy's)
+    pieces = _item_pieces(departure > max(THRESHOLD, 5 * noise * factor / step), departure)
+    if not pieces.any():
+        return box
+    rows, cols = np.nonzero(pieces)
+    return (r0 + rows.min() * step, min(r0 + (rows.max() + 1) * step, r1),
+            c0 + cols.min() * step, min(c0 + (cols.max() + 1) * step, c1))
 
 
 def _label(mask: np.ndarray) -> np.ndarray:

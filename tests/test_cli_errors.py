@@ -633,7 +633,7 @@ def test_a_folder_is_searched_for_picture_formats_only(model_file, tmp_path, cap
     assert exit_status(["predict", str(model_file), str(pictures)]) == 1
     captured = capsys.readouterr()
     assert [line.split(": ")[0] for line in captured.out.splitlines()] == [str(pictures / "item.png")]
-    assert f"{pictures / 'gone.png'}: no such file" in captured.err  # a broken link is said
+    assert f"{pictures / 'gone.png'}: a symbolic link to nothing" in captured.err  # said, not skipped
     assert "notes.pdf" not in captured.err and "scan.eps" not in captured.err
 
 

@@ -284,3 +284,50 @@ def test_pieces_are_labelled_even_when_the_mask_is_full() -> None:
     labels = _label(mask)
     assert labels[0, 0] != labels[4, 4] == labels[3, 3] and labels[1, 1] == 0
     assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def _dark_item_on(background: float, size=(800, 600), item=(200, 600, 100, 500)) -> np.ndarray:
+    gray = np.full(size, background)
+    top, bottom, left, right = item
+    gray[top:bottom, left:right] = 0.1
+    gray[top + 40:bottom - 40, left + 40:right - 40] = 0.25  # some inner shading
+    return gray
+
+
+@pytest.mark.parametrize("background", [0.4, 0.45, 0.55, 0.9])
+def test_polarity_follows_the_item_not_a_fixed_gray(background) -> None:
+    # An underexposed photo (background below mid-gray) of a darker item is still
+    # a dark item on a lighter background: inverted, not taken as blank.
+    from nnscratch.images import looks_blank, to_fashion_mnist
+    out = to_fashion_mnist(_dark_item_on(background))
+    assert not looks_blank(out) and out[14, 2] > 200 and out[14, 14] > 100
+
+
+def test_a_dark_band_along_one_edge_is_not_part_of_the_item() -> None:
+    from nnscratch.images import to_fashion_mnist
+    plain = to_fashion_mnist(_dark_item_on(0.92))
+    edged = _dark_item_on(0.92)
+    edged[-60:] = 0.3  # a table edge along the bottom
+    assert np.abs(to_fashion_mnist(edged).astype(int) - plain.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("side", [40, 80])
+def test_a_small_item_is_cropped_to_a_few_pixels_not_a_block(side) -> None:
+    # 800x600 pictures are looked at in blocks of 7 pixels; a 40-pixel item
+    # cropped to whole blocks would carry up to 14 pixels of margin.
+    from nnscratch.images import to_fashion_mnist
+    gray = np.full((800, 600), 0.9)
+    gray[301:301 + side, 253:253 + side // 2] = 0.1  # twice as tall as wide
+    out = to_fashion_mnist(gray)
+    rows = np.nonzero((out > 100).any(axis=1))[0]
+    assert rows[0] <= 1 and rows[-1] >= 26  # the item's height fills the 28 rows
+
+
+def test_a_plain_square_item_with_even_margins_is_not_a_frame() -> None:
+    from nnscratch.images import _inside_frame, looks_blank, to_fashion_mnist
+    gray = np.full((600, 600), 0.92)
+    gray[60:540, 60:540] = 0.2
+    gray[200:300, 200:400] = 0.3  # not quite uniform
+    assert _inside_frame(gray[::5, ::5]) == (0, 120, 0, 120)
+    out = to_fashion_mnist(gray)
+    assert not looks_blank(out) and out.min() > 150  # the item fills the 28x28
