@@ -209,12 +209,12 @@ def _photo_to_fashion_mnist(gray: np.ndarray, invert: str) -> np.ndarray:
     coarse = _block_mean(gray, factor)
     top, bottom, left, right = _inside_frame(coarse)
     view = coarse[top:bottom, left:right]
-    y = _centres(top, bottom - top, factor, factor)
-    x = _centres(left, right - left, factor, factor)
+    y = _centres(top * factor, bottom - top, factor, factor)  # the view's pixel centres
+    x = _centres(left * factor, right - left, factor, factor)
     surface, noise = _background_surface(view, y, x)
     departure = view - _surface_at(surface, y, x)
     if invert == "yes" or (invert == "auto" and _darker_item(departure, noise)):
-        gray, coarse, view, departure = 1.0 - gray, 1.0 - coarse, 1.0 - view, -departure
+        gray, departure = 1.0 - gray, -departure
         surface = -surface
         surface[0] += 1.0  # the surface of 1 - gray
     pieces = _item_pieces(departure > max(THRESHOLD, 5 * noise), departure)
