@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .layers import Dense, Dropout, Layer, ReLU, reuse_buffer
+from .layers import Dense, Dropout, Layer, ReLU, check_dy_shape, reuse_buffer
 
 
 class DenseReLU:
@@ -75,9 +75,7 @@ class DenseReLU:
         if self._x is None or self._y is None:
             raise RuntimeError("DenseReLU.backward called before forward")
         x, w, grads = self._x, self.dense.params["weight"], self.dense.grads
-        if dy.shape != self._y.shape:  # the kernel loops over dy by position
-            raise ValueError(f"DenseReLU.backward: dy must have the shape of the last forward's "
-                             f"output, {self._y.shape}, got {dy.shape}")
+        check_dy_shape("DenseReLU.backward", dy, self._y.shape)
         dy = np.ascontiguousarray(dy)
         dz = self._buffer("dz", dy.shape, dy.dtype)
         kernels.relu_bias_grad(dy, self._y, self._scale, dz, grads["bias"])

@@ -213,11 +213,12 @@ def _photo_to_fashion_mnist(gray: np.ndarray, invert: str) -> np.ndarray:
     x = _centres(left * factor, right - left, factor, factor)
     surface, noise = _background_surface(view, y, x)
     departure = view - _surface_at(surface, y, x)
-    if invert == "yes" or (invert == "auto" and _darker_item(departure, noise)):
+    limit = max(THRESHOLD, 5 * noise)  # how far a pixel must depart to be the item's
+    if invert == "yes" or (invert == "auto" and _darker_item(departure, limit)):
         gray, departure = 1.0 - gray, -departure
         surface = -surface
         surface[0] += 1.0  # the surface of 1 - gray
-    pieces = _item_pieces(departure > max(THRESHOLD, 5 * noise), departure)
+    pieces = _item_pieces(departure > limit, departure)
     # Full-size pixels: each coarse pixel covers factor x factor of them. With no
     # item found, the whole picture inside the frame (predict warns that it
     # looks blank).
@@ -330,9 +331,9 @@ def _background_surface(view: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple
     return surface, noise
 
 
-def _darker_item(departure: np.ndarray, noise: float) -> bool:
-    """Whether more of the picture departs below the background than above it."""
-    limit = max(THRESHOLD, 5 * noise)
+def _darker_item(departure: np.ndarray, limit: float) -> bool:
+    """Whether more of the picture departs (by over ``limit``) below the background
+    than above it."""
     below = float(np.sum(-departure[departure < -limit]))
     above = float(np.sum(departure[departure > limit]))
     return below > above

@@ -78,13 +78,18 @@ def float_array(where: str, a: Any) -> np.ndarray:
     return a
 
 
-def _gradient(where: str, dy: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """``dy`` checked against the shape of the forward's output: the kernels loop
-    over it by position, so another shape would read past the cached arrays."""
-    dy = float_array(where, dy)
+def check_dy_shape(where: str, dy: np.ndarray, shape: tuple[int, ...]) -> None:
+    """A ValueError unless ``dy`` has the shape of the forward's output: the kernels
+    loop over it by position, so another shape would read past the cached arrays."""
     if dy.shape != tuple(shape):
         raise ValueError(f"{where}: dy must have the shape of the last forward's output, "
                          f"{tuple(shape)}, got {dy.shape}")
+
+
+def _gradient(where: str, dy: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``dy`` as a float array of the forward output's shape, or a clear error."""
+    dy = float_array(where, dy)
+    check_dy_shape(where, dy, shape)
     return dy
 
 
@@ -316,11 +321,8 @@ class Flatten(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._shape is None:
             raise RuntimeError("Flatten.backward called before forward")
-        flat = (self._shape[0], math.prod(self._shape[1:]))
         dy = np.asarray(dy)
-        if dy.shape != flat:
-            raise ValueError(f"Flatten.backward: dy must have the shape of the last forward's "
-                             f"output, {flat}, got {dy.shape}")
+        check_dy_shape("Flatten.backward", dy, (self._shape[0], math.prod(self._shape[1:])))
         return dy.reshape(self._shape)
 
 
