@@ -116,10 +116,11 @@ def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
     return [src, idx, np.float32(1 / 255), y, weights, biases, acts, deltas, *grads, *moments,
             keys, thresholds, scales, coef, np.zeros(2 * n),
             np.zeros((3, fused.STREAM_CHUNK), np.float32), False,
-            np.full((2, n, widths[1]), np.nan, np.float32)]  # partials: up to 3 threads
+            np.full((2, n, widths[1]), np.nan, np.float32),  # partials: up to 3 threads
+            np.zeros(0, np.intp)]  # no upcoming rows
 
 
-SCRATCH, STREAMING, PARTIALS = -3, -2, -1  # positions in _step_inputs' list
+SCRATCH, STREAMING, PARTIALS, UPCOMING = -4, -3, -2, -1  # positions in _step_inputs' list
 
 
 @needs_numba
@@ -142,6 +143,23 @@ def test_numba_train_step_matches_its_numpy_twin(threads, widths):
     for position in (4, 5, 6, 7, 8, 9, 10, 11, 12, 13):
         for a, b in zip(fused_args[position], twin_args[position]):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fetching_the_upcoming_rows_changes_no_value(threads):
+    # The next step's rows are only a cache hint, and rows outside the data are skipped.
+    plain, hinted = _step_inputs(), _step_inputs()
+    hinted[UPCOMING] = np.array([5, 299, -1, 300, 10**12, 7], np.intp)
+    with blas.one_thread():
+        for args in (plain, hinted):
+            for _ in range(2):
+                result = kernels.train_step(blas.SGEMM, threads, *args)
+            args.append(result)
+    assert plain[-1] == hinted[-1]
+    for position in range(4, 16):
+        for a, b in zip(plain[position], hinted[position]):
+            assert np.array_equal(a, b, equal_nan=True), position
 
 
 @needs_numba

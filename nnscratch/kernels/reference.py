@@ -216,14 +216,15 @@ def train_step(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scale
                wgrads: tuple, bgrads: tuple, wm: tuple, wv: tuple, bm: tuple, bv: tuple,
                keys: np.ndarray, thresholds: np.ndarray, scales: np.ndarray, coef: np.ndarray,
                row_loss: np.ndarray, scratch: np.ndarray, streaming: bool,
-               partials: np.ndarray) -> tuple[float, int]:
+               partials: np.ndarray, upcoming: np.ndarray) -> tuple[float, int]:
     """One training step of Dense -> ReLU [-> Dropout] blocks and a last Dense,
     softmax cross-entropy and Adam, exactly as ``Trainer`` runs it layer by
     layer, here in one function (``sgemm``, ``threads``, ``row_loss``,
-    ``scratch``, ``streaming`` and ``partials`` are the Numba twin's: it splits
-    the same work between threads, sums the first layer's product from the
-    threads' pieces, and may write the weights with streaming stores, which
-    changes no value; see the last section of ``fused.py``).
+    ``scratch``, ``streaming``, ``partials`` and ``upcoming`` are the Numba
+    twin's: it splits the same work between threads, sums the first layer's
+    product from the threads' pieces, may write the weights with streaming
+    stores and fetches the next step's rows ``upcoming`` into cache, none of
+    which changes a value; see the last section of ``fused.py``).
 
     Per layer l: a_{l+1} = relu(a_l @ W_l + b_l) * mask_l (the last: a_l @ W_l + b_l,
     the logits); dz of the last layer is dL/dlogits; below it
