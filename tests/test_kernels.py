@@ -136,6 +136,30 @@ def test_dropout_forward_fused_equals_reference_exactly(shape, dtype, p):
             assert np.all(mask1 == 1) and np.array_equal(out1, x)
 
 
+@pytest.mark.parametrize("key", [0, 1, 2**63 - 1, 8675309])
+def test_dropout_masks_look_independent(key):
+    # Each unit is kept with probability 1 - p on its own: the keep rates of
+    # rows and of columns scatter as binomial counts do (a row seed reused, or a
+    # column pattern repeated down the rows, would show here), and neighbours in
+    # a row, down a column, and across two keys are uncorrelated.
+    rows, cols, p = 2048, 512, 0.2
+    ones = np.ones((rows, cols), np.float32)
+    for mod in (reference, fused):
+        masks = []
+        for k in (key, key ^ 1):
+            mask, out = np.empty_like(ones), np.empty_like(ones)
+            mod.dropout_forward(ones, k, p, mask, out)
+            masks.append(mask != 0)
+        kept = masks[0]
+        assert abs(kept.mean() - (1 - p)) < 4 * np.sqrt(p * (1 - p) / kept.size)
+        for axis, n in ((1, cols), (0, rows)):
+            spread = kept.mean(axis=axis).std() / np.sqrt(p * (1 - p) / n)
+            assert 0.85 < spread < 1.15, (mod.__name__, axis, spread)
+        limit = 4 / np.sqrt(kept.size)
+        for a, b in ((kept[:, :-1], kept[:, 1:]), (kept[:-1], kept[1:]), (kept, masks[1])):
+            assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < limit, mod.__name__
+
+
 def test_dropout_forward_mask_depends_on_the_key_only():
     x = np.ones((64, 64))
     for mod in (reference, fused):
@@ -148,14 +172,19 @@ def test_dropout_forward_mask_depends_on_the_key_only():
         assert np.array_equal(masks[0], masks[2])
 
 
-def _top24(key, position):
+def _top24(key, row, column):
     """The documented hash, written out in Python integers: the top 24 bits of
-    SplitMix64(key + (position + 1) * golden)."""
+    lowbias32(seed + column * golden32), seed the top 32 bits of
+    SplitMix64(key + (row + 1) * golden)."""
     m = 2**64 - 1
-    z = (key + (position + 1) * 0x9E3779B97F4A7C15) & m
+    z = (key + (row + 1) * 0x9E3779B97F4A7C15) & m
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return (z ^ (z >> 31)) >> 40
+    seed = (z ^ (z >> 31)) >> 32
+    x = (seed + column * 0x9E3779B9) & 0xFFFFFFFF
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+    return (x ^ (x >> 16)) >> 8
 
 
 @pytest.mark.parametrize("position", [0, 5, 63])
@@ -163,7 +192,7 @@ def test_dropout_keeps_a_unit_whose_hash_equals_the_threshold(position):
     # A hash exactly on the threshold (chance 2**-24 per unit, so random tests
     # never meet one) is kept on both backends: kept means hash >= threshold.
     key = 987654321
-    value = _top24(key, position)
+    value = _top24(key, *divmod(position, 8))
     x = np.ones((8, 8))
     for p, kept in ((value / 2**24, True), ((value + 1) / 2**24, False)):
         for mod in (reference, fused):
@@ -177,7 +206,17 @@ def test_dropout_keeps_a_unit_whose_hash_equals_the_threshold(position):
     mask, out = np.empty_like(x), np.empty_like(x)
     threshold = 2**23
     fused.dropout_forward(x, key, threshold / 2**24, mask, out)
-    assert [bool(m) for m in mask.reshape(-1)] == [_top24(key, i) >= threshold for i in range(64)]
+    assert [bool(m) for m in mask.reshape(-1)] == [_top24(key, *divmod(i, 8)) >= threshold
+                                                   for i in range(64)]
+    # Rows run along the last axis, whatever the shape: (2, 4, 8) has 8 rows of 8,
+    # a vector is one row, a 0-d array a row of one.
+    for shape, cols in (((2, 4, 8), 8), ((64,), 64), ((), 1)):
+        ones = np.ones(shape)
+        for mod in (reference, fused):
+            mask, out = np.empty_like(ones), np.empty_like(ones)
+            mod.dropout_forward(ones, key, threshold / 2**24, mask, out)
+            assert [bool(m) for m in mask.reshape(-1)] == [
+                _top24(key, *divmod(i, cols)) >= threshold for i in range(mask.size)], shape
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -77,8 +77,13 @@ def test_threaded_run_matches_the_layer_by_layer_run(arch, dtype, batch_size, sc
     np.testing.assert_allclose(h_fast["loss"], h_slow["loss"], rtol=1e-5)
     # Accuracy counts argmax hits: a last-bit difference could flip a near-tie.
     np.testing.assert_allclose(h_fast["accuracy"], h_slow["accuracy"], atol=1.5 / len(x))
+    # Adam divides by sqrt(v): where a weight's gradients are tiny, their float32
+    # rounding differences (OpenBLAS's pieces) move its update by a fraction of a
+    # step. atol is 1% of one step (lr 3e-3); the 18 cases differ by < 1e-8 beyond
+    # rtol except one weight of batch size 1, by 6e-6 (measured when the dropout
+    # hash changed).
     for name, value in slow.model.state_dict().items():
-        np.testing.assert_allclose(fast.model.state_dict()[name], value, rtol=1e-4, atol=1e-6,
+        np.testing.assert_allclose(fast.model.state_dict()[name], value, rtol=1e-4, atol=3e-5,
                                    err_msg=name)
     for store in ("m", "v"):
         for name, value in getattr(slow.optimizer, store).items():
