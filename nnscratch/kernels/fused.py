@@ -644,10 +644,11 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     epoch's end): each thread ends pass 2 by asking the CPU to fetch its columns
     of them, so that the DRAM latency of the next gather (rows scattered over
     the 47 MB dataset) passes while Python prepares the next step. Only a hint:
-    no value changes, and rows outside ``src`` are skipped. (Measured: ~0.98x
-    the step's time; the random gather costs ~35 us per step more than a
-    gather of rows already in cache. Issued at the start of pass 2 instead,
-    the rows were evicted again by Adam's streams: 0.996x.)
+    no value changes, and rows outside ``src`` are skipped. (Measured: 0.985x
+    the step's time, chunk by chunk, in ``docs/runs/bench/threaded-step-prefetch.txt``;
+    0.985-1.004x in other runs: a gather of scattered rows costs ~35 us per step
+    more than one of rows in cache, and most of that stays. Issued at the start
+    of pass 2 instead, 0.996x; real loads instead of hints, 1.000x.)
     """
     n = idx.shape[0]
     if partials.shape[0] < threads - 1 or partials.shape[1] < n or (

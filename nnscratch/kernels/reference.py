@@ -45,9 +45,10 @@ def flush_threshold(dtype: np.dtype, eps: float, inv_sqrt_bc2: float) -> float:
 # where a 64-bit multiply per unit has no AVX2 instruction at all (measured with
 # ``benchmarks/dropout_hash.py``: the fused bias + ReLU + dropout of the reference
 # model's two hidden layers took 19.5 us, against 61.9 us with SplitMix64 per
-# unit, the hash until e473b83, and 6.5 us without dropout). A 32-bit input
-# means two units in a step can share a hash (about one pair among 50k units):
-# harmless for dropout.
+# unit, the hash until e473b83, and 6.5 us without dropout). Within a row no
+# two units share a hash input (c * golden32 is one-to-one mod 2**32); across
+# rows two may, by chance (~0.3 such pairs among a reference step's 49k units),
+# and then share their fate: harmless for dropout.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -82,17 +83,12 @@ def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np
     np.multiply(x, mask, out=out)
 
 
-def row_length(a: np.ndarray) -> int:
-    """How many units of ``a`` one dropout seed covers: its last axis (1 for a 0-d array)."""
-    return a.shape[-1] if a.ndim else 1
-
-
 def _keep_scale(key: int, threshold: np.uint64, scale: np.floating, mask: np.ndarray) -> None:
     """mask = scale where the top 24 bits of hash(key, row, column) reach
     ``threshold``, else 0 (rows along the last axis; see the constants above)."""
     if mask.size == 0:
         return
-    cols = row_length(mask)
+    cols = mask.shape[-1] if mask.ndim else 1  # a 0-d mask is one row of one
     rows = np.arange(1, mask.size // cols + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
         z = np.uint64(key) + rows * _GOLDEN
