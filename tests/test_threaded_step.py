@@ -128,6 +128,20 @@ def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
 SCRATCH, STREAMING, PARTIALS, UPCOMING = -4, -3, -2, -1  # positions in _step_inputs' list
 
 
+def _assert_same_steps(plain: list, other: list, threads: int, steps: int) -> None:
+    """Run ``steps`` steps on each of two _step_inputs lists; the results and every
+    array they hold (weights to moments) must be equal bit for bit."""
+    with blas.one_thread():
+        for args in (plain, other):
+            for _ in range(steps):
+                result = kernels.train_step(blas.SGEMM, threads, *args)
+            args.append(result)
+    assert plain[-1] == other[-1]
+    for position in range(4, 16):
+        for a, b in zip(plain[position], other[position]):
+            assert np.array_equal(a, b, equal_nan=True), position
+
+
 @needs_numba
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("widths", [(144, 40, 24, 10), (20, 300, 5), (33, 17)])
@@ -156,15 +170,7 @@ def test_fetching_the_upcoming_rows_changes_no_value(threads):
     # The next step's rows are only a cache hint, and rows outside the data are skipped.
     plain, hinted = _step_inputs(), _step_inputs()
     hinted[UPCOMING] = np.array([5, 299, -1, 300, 10**12, 7], np.intp)
-    with blas.one_thread():
-        for args in (plain, hinted):
-            for _ in range(2):
-                result = kernels.train_step(blas.SGEMM, threads, *args)
-            args.append(result)
-    assert plain[-1] == hinted[-1]
-    for position in range(4, 16):
-        for a, b in zip(plain[position], hinted[position]):
-            assert np.array_equal(a, b, equal_nan=True), position
+    _assert_same_steps(plain, hinted, threads, steps=2)
 
 
 @needs_numba
@@ -510,15 +516,7 @@ def test_streaming_stores_give_the_same_step_bit_for_bit(threads, widths, misali
         for args in (plain, streamed):
             args[4] = tuple(_offset16(w) for w in args[4])
     streamed[STREAMING] = True
-    with blas.one_thread():
-        for args in (plain, streamed):
-            for _ in range(3):  # later steps start from the streamed weights
-                result = kernels.train_step(blas.SGEMM, threads, *args)
-            args.append(result)
-    assert plain[-1] == streamed[-1]
-    for position in range(4, 16):
-        for a, b in zip(plain[position], streamed[position]):
-            assert np.array_equal(a, b, equal_nan=True), position
+    _assert_same_steps(plain, streamed, threads, steps=3)  # later steps start from streamed weights
 
 
 def _streaming_assembly() -> str:
