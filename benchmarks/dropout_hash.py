@@ -7,7 +7,7 @@ Times, in one process, interleaved rounds of 2000 calls each:
 
   current     ``kernels.fused.bias_relu_dropout_forward``: a SplitMix64 seed per row,
               then lowbias32 per unit in 32-bit lanes (8 units per AVX2 vector)
-  splitmix64  the hash used until e473b83, written out here: SplitMix64 of each
+  splitmix64  the hash used before 3df4196, written out here: SplitMix64 of each
               unit's flat position, two 64-bit multiplies per unit (AVX2 has no
               64-bit multiply, so LLVM builds each from three 32-bit ones)
   no dropout  ``kernels.fused.bias_relu_forward``: the same pass without a mask

@@ -14,8 +14,6 @@ the same phases of the machine:
             2), and nothing else (not even the sum of the first layer's pieces)
   threaded  the whole threaded step (``Trainer._step``: the same products plus
             gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, Python)
-  unhinted  the same, not told the next step's rows (which the step otherwise
-            asks the CPU to fetch early; no value changes)
   layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
 
 and prints each one's median microseconds per step and its ratio to the floor
@@ -118,22 +116,17 @@ def main() -> None:
         split_products(blas.SGEMM, threads, batch(k), *weights, *outs, partials)
 
     def step(k: int) -> None:
-        start = (k % (len(x) // BATCH)) * BATCH  # with the next batch's rows, as an epoch runs
-        trainer._step(perm[start:start + BATCH], perm[start + BATCH:start + 2 * BATCH])
-
-    def unhinted(k: int) -> None:
-        start = (k % (len(x) // BATCH)) * BATCH
-        trainer._step(perm[start:start + BATCH])
+        trainer._step(perm[(k % (len(x) // BATCH)) * BATCH:][:BATCH])
 
     def chunk(kind: str, k0: int) -> float:
-        # Rows no other chunk of the round used: the dataset (47 MB) outgrows the
-        # last-level cache, so in an epoch each batch's rows come from memory.
+        # A new shuffle for every chunk, so that a chunk does not find its rows in
+        # cache, fetched by the chunk before it on the same rows; in an epoch each
+        # batch's rows come from memory (the dataset, 47 MB, outgrows the cache).
         nonlocal perm
         perm = shuffles.permutation(len(x))
-        threaded = kind in ("split", "threaded", "unhinted")
-        trainer._threaded = plan if kind in ("threaded", "unhinted") else None
-        run = {"floor": floor, "split": split, "threaded": step, "unhinted": unhinted,
-               "layers": step}[kind]
+        threaded = kind in ("split", "threaded")
+        trainer._threaded = plan if kind == "threaded" else None
+        run = {"floor": floor, "split": split, "threaded": step, "layers": step}[kind]
         started = time.perf_counter()
         if threaded:
             with blas.one_thread():
@@ -144,7 +137,7 @@ def main() -> None:
                 run(k)
         return (time.perf_counter() - started) / 100 * 1e6
 
-    kinds = ("floor", "split", "threaded", "unhinted", "layers")
+    kinds = ("floor", "split", "threaded", "layers")
     for kind in kinds:  # warm-up: compile, fill caches
         chunk(kind, 0)
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -159,9 +152,6 @@ def main() -> None:
         print(f"{kind:<9} median {statistics.median(times[kind]):6.0f}  x floor "
               f"{statistics.median(ratios):.2f} (chunks {min(ratios):.2f}-{max(ratios):.2f})  "
               + " ".join(f"{t:.0f}" for t in times[kind]))
-    hinted = [a / b for a, b in zip(times["threaded"], times["unhinted"])]
-    print(f"threaded / unhinted, chunk by chunk: median {statistics.median(hinted):.3f} "
-          f"({min(hinted):.3f}-{max(hinted):.3f})")
 
 
 if __name__ == "__main__":

@@ -119,9 +119,6 @@ class StoreChooser:
             self._times = ([], [])
 
 
-NO_ROWS = np.zeros(0, np.intp)  # no upcoming rows
-
-
 class ThreadedStep:
     """The arrays ``kernels.train_step`` works on, gathered once per run."""
 
@@ -214,14 +211,11 @@ class ThreadedStep:
             self._last_n = n
         return self._last
 
-    def step(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float,
-             upcoming: np.ndarray = NO_ROWS) -> tuple[float, int]:
+    def step(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float) -> tuple[float, int]:
         """One training step on rows ``idx`` of (x, y) with learning rate ``lr``:
         the dropout keys are drawn, in layer order, as the blocks draw them, and
-        Adam's step count advances as in ``Adam.step``. ``upcoming`` (the next
-        step's rows, if known) are fetched into cache as this step ends. The step
-        is timed for ``self.stores``, which picks plain or streaming stores for
-        the weights."""
+        Adam's step count advances as in ``Adam.step``. The step is timed for
+        ``self.stores``, which picks plain or streaming stores for the weights."""
         for i, dropout in enumerate(self.dropouts):
             if dropout is not None and dropout.training and dropout.p > 0.0:
                 self.keys[i] = int(dropout.rng.integers(0, 2**63))
@@ -244,6 +238,6 @@ class ThreadedStep:
             blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
             acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
             self.keys, self.thresholds, self.scales, coef, row_loss, self.scratch, streaming,
-            partials, upcoming)
+            partials)
         self.stores.record(streaming, time.perf_counter() - started, len(idx))
         return float(loss), int(correct)

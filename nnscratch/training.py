@@ -19,7 +19,7 @@ from .model import Sequential, _warn_if_raw_pixels
 from .optim import Adam
 from .progress import Progress
 from .schedules import Constant, WarmupCosine
-from .threaded import NO_ROWS, ThreadedStep
+from .threaded import ThreadedStep
 
 
 class TrainingDiverged(RuntimeError):
@@ -217,13 +217,11 @@ class Trainer:
                              "must be a finite number >= 0")
         return float(lr)
 
-    def _step(self, idx: np.ndarray, upcoming: np.ndarray = NO_ROWS) -> float:
+    def _step(self, idx: np.ndarray) -> float:
         # The same step, split between threads, unless another Python thread has
         # raised OpenBLAS's thread count meanwhile (then this step goes layer by layer).
-        # ``upcoming``, the next step's rows, only lets the threaded step fetch them early.
         if self._threaded is not None and blas.thread_count() == 1:
-            loss, correct = self._threaded.step(self.x, self.y, idx, self._learning_rate(),
-                                                upcoming)
+            loss, correct = self._threaded.step(self.x, self.y, idx, self._learning_rate())
             self.correct += correct
             return loss
         model, n = self.model, len(idx)
@@ -280,9 +278,8 @@ class Trainer:
     def _epoch_steps(self, started: float) -> None:
         """The current epoch's remaining steps."""
         while self.batch < self.steps_per_epoch:
-            start = self.batch * self.batch_size
-            idx = self.perm[start:start + self.batch_size]
-            loss = self._step(idx, self.perm[start + self.batch_size:start + 2 * self.batch_size])
+            idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+            loss = self._step(idx)
             if not math.isfinite(loss) or loss > self.loss_limit:
                 self._diverged(f"the loss became {loss:.4g}")
             if self.first_step_done is None:

@@ -52,8 +52,8 @@ class StoppingTrainer(Trainer):
     stop_at_step: int | None = None
     stop_at_epoch_end: int | None = None
 
-    def _step(self, idx: np.ndarray, *upcoming: np.ndarray) -> float:
-        loss = super()._step(idx, *upcoming)
+    def _step(self, idx: np.ndarray) -> float:
+        loss = super()._step(idx)
         if self.optimizer.step_count - self.first_step == self.stop_at_step:
             self.stop_requested = True
         return loss

@@ -174,17 +174,38 @@ def test_dropout_forward_mask_depends_on_the_key_only():
 
 def _top24(key, row, column):
     """The documented hash, written out in Python integers: the top 24 bits of
-    lowbias32(seed + column * golden32), seed the top 32 bits of
+    lowbias32(seed ^ (column * golden32)), seed the top 32 bits of
     SplitMix64(key + (row + 1) * golden)."""
     m = 2**64 - 1
     z = (key + (row + 1) * 0x9E3779B97F4A7C15) & m
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
     seed = (z ^ (z >> 31)) >> 32
-    x = (seed + column * 0x9E3779B9) & 0xFFFFFFFF
+    x = seed ^ ((column * 0x9E3779B9) & 0xFFFFFFFF)
     x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
     x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
     return (x ^ (x >> 16)) >> 8
+
+
+def test_no_two_rows_share_a_stretch_of_hash_inputs():
+    # The documented hash inputs, seed ^ (column * golden32), of 20000 rows of 256:
+    # two rows may share inputs by chance (about 3000 pairs of units here, as many
+    # as random inputs would give), two at a time (unit c of one row with c' of
+    # the other, and c' with c) and now and then a few more, but never a stretch,
+    # as with seed + column * golden32: two rows whose seeds differ by d * golden32,
+    # |d| < 256, then share 256 - |d| units (17 pairs of rows here, 20-250 units).
+    rows, cols, m = 20000, 256, 2**64 - 1
+    z = [(12345 + (r + 1) * 0x9E3779B97F4A7C15) & m for r in range(rows)]
+    z = [((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & m for v in z]
+    z = [((v ^ (v >> 27)) * 0x94D049BB133111EB) & m for v in z]
+    seeds = np.array([(v ^ (v >> 31)) >> 32 for v in z], np.uint32)
+    inputs = (seeds[:, None] ^ (np.arange(cols, dtype=np.uint32) * np.uint32(0x9E3779B9))).ravel()
+    order = np.argsort(inputs, kind="stable")
+    same = np.flatnonzero(inputs[order][1:] == inputs[order][:-1])
+    assert len(same) > 100  # the chance meetings do happen
+    pairs = np.stack([order[same] // cols, order[same + 1] // cols], axis=1)
+    _, shared = np.unique(pairs, axis=0, return_counts=True)
+    assert shared.max() <= 8
 
 
 @pytest.mark.parametrize("position", [0, 5, 63])

@@ -67,7 +67,7 @@ def _row_seed(key, row):
 @intrinsic
 def _keeps(typingctx, seed, column, threshold):
     """Whether the unit at ``column`` of a row with ``seed`` is kept: the top 24
-    bits of lowbias32(seed + column * golden32) reach ``threshold``. Written in
+    bits of lowbias32(seed ^ (column * golden32)) reach ``threshold``. Written in
     32-bit LLVM integers (the arguments truncated; the threshold is below 2**24)
     because Numba would widen Python-level arithmetic to 64 bits, and then LLVM
     could not put 8 units in each AVX2 vector."""
@@ -80,7 +80,7 @@ def _keeps(typingctx, seed, column, threshold):
         def xorshift(v, bits):
             return builder.xor(v, builder.lshr(v, const(bits)))
         seed32, column32, threshold32 = (builder.trunc(a, i32) for a in args)
-        v = builder.add(seed32, builder.mul(column32, const(_GOLDEN32)))
+        v = builder.xor(seed32, builder.mul(column32, const(_GOLDEN32)))
         v = builder.mul(xorshift(v, 16), const(_LOWBIAS1))
         v = builder.mul(xorshift(v, 15), const(_LOWBIAS2))
         v = xorshift(v, 16)
@@ -96,7 +96,7 @@ def _dropout_forward(x, key, threshold, scale, mask, out, cols):
     mf = mask.reshape(-1)
     of = out.reshape(-1)
     zero = scale - scale
-    for start in range(0, xf.size, max(cols, 1)):
+    for start in range(0, xf.size, max(cols, 1)):  # (max: no rows, but a valid step, if cols is 0)
         seed = _row_seed(key, start // cols)
         # Slices from 0: Numba then vectorises the loop.
         xr, mr, orow = xf[start:start + cols], mf[start:start + cols], of[start:start + cols]
@@ -109,7 +109,7 @@ def _dropout_forward(x, key, threshold, scale, mask, out, cols):
 def dropout_forward(x: np.ndarray, key: int, p: float, mask: np.ndarray, out: np.ndarray) -> None:
     # Threshold and scale are computed in Python exactly as the twin computes them.
     _dropout_forward(x, np.uint64(key), np.uint64(round(p * 2**24)),
-                     mask.dtype.type(1.0 / (1.0 - p)), mask, out, x.shape[-1] if x.ndim else 1)
+                     mask.dtype.type(1.0 / (1.0 - p)), mask, out, mask.shape[-1] if mask.ndim else 1)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -291,19 +291,6 @@ def _gather_columns(src, idx, scale, out, c0, c1):
             row_out[j] = row_in[j] * scale
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _prefetch_columns(src, rows, c0, c1):
-    """Hint the CPU to load src[rows, c0:c1] into cache, the rows skipping any
-    outside src (a hint changes no value)."""
-    step = max(1, 64 // src.itemsize)
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        if 0 <= r < src.shape[0] and c1 > c0:
-            for j in range(c0, c1, step):
-                _prefetch(src, r, j)
-            _prefetch(src, r, c1 - 1)  # the band's last line, when it starts mid-line
-
-
 @njit(cache=True, error_model="numpy")
 def gather_scale(src, idx, scale, out):
     _gather_columns(src, idx, scale, out, 0, out.shape[1])
@@ -353,8 +340,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 #     pass 2, rows i0:i1 of every layer's W (all rows of the batch are ready; for
 #     the first layer i0:i1 = c0:c1)
 #         dW[i0:i1] = a[:, i0:i1]^T @ dz  (BLAS),  then Adam on W[i0:i1] while
-#         dW[i0:i1] is in cache;  and for columns j0:j1, db = sum_n dz, Adam on b;
-#         last, a hint to fetch columns c0:c1 of the next step's rows into cache
+#         dW[i0:i1] is in cache;  and for columns j0:j1, db = sum_n dz, Adam on b
 #
 # Why the first layer is split by its input columns in pass 0: then each thread
 # reads only the rows of W0 that it updated itself in the previous step's pass
@@ -614,7 +600,7 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
 @njit(cache=True, error_model="numpy", parallel=True)
 def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
                wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss, scratch, streaming,
-               partials, upcoming):
+               partials):
     """One step; returns (mean loss, number of correct argmax predictions).
 
     ``acts`` = (batch, a_1, ..., logits) and ``deltas`` = (dz_0, ..., dlogits) are
@@ -639,16 +625,6 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
 
     ``partials`` is a (threads - 1, N, width of the first layer's output) float32
     array: the first layer's partial products of threads 1.. (pass 0).
-
-    ``upcoming`` are the next step's rows of ``src`` (any number, none at an
-    epoch's end): each thread ends pass 2 by asking the CPU to fetch its columns
-    of them, so that the DRAM latency of the next gather (rows scattered over
-    the 47 MB dataset) passes while Python prepares the next step. Only a hint:
-    no value changes, and rows outside ``src`` are skipped. (Measured: 0.985x
-    the step's time, chunk by chunk, in ``docs/runs/bench/threaded-step-prefetch.txt``;
-    0.985-1.004x in other runs: a gather of scattered rows costs ~35 us per step
-    more than one of rows in cache, and most of that stays. Issued at the start
-    of pass 2 instead, 0.996x; real loads instead of hints, 1.000x.)
     """
     n = idx.shape[0]
     if partials.shape[0] < threads - 1 or partials.shape[1] < n or (
@@ -669,9 +645,6 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
     for t in prange(threads):
         _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv,
                       bm, bv, coef, scratch, streaming)
-        k_in = acts[0].shape[1]
-        _prefetch_columns(src, upcoming, _input_share(t, threads, k_in),
-                          _input_share(t + 1, threads, k_in))
     # Summed in row order, in float64, as the loss kernel sums them.
     total = 0.0
     correct = 0

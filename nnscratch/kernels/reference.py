@@ -40,15 +40,19 @@ def flush_threshold(dtype: np.dtype, eps: float, inv_sqrt_bc2: float) -> float:
 # seen as rows along its last axis (an (N, K) activation: N rows of K units).
 # Row r gets a 32-bit seed, the top half of SplitMix64(key + (r + 1) * golden)
 # (a cheap, well-mixed 64-bit hash), and unit c of the row is hashed from
-# seed + c * golden32 by lowbias32 (Chris Wellons' 32-bit integer hash). Why two
+# seed ^ (c * golden32) by lowbias32 (Chris Wellons' 32-bit integer hash). Why two
 # hashes: 32-bit arithmetic lets the Numba twin mix 8 units per AVX2 instruction,
 # where a 64-bit multiply per unit has no AVX2 instruction at all (measured with
 # ``benchmarks/dropout_hash.py``: the fused bias + ReLU + dropout of the reference
 # model's two hidden layers took 19.5 us, against 61.9 us with SplitMix64 per
-# unit, the hash until e473b83, and 6.5 us without dropout). Within a row no
+# unit, the hash 3df4196 replaced, and 6.5 us without dropout). Within a row no
 # two units share a hash input (c * golden32 is one-to-one mod 2**32); across
-# rows two may, by chance (~0.3 such pairs among a reference step's 49k units),
-# and then share their fate: harmless for dropout.
+# rows two may, by chance (about 0.15 pairs in a step of the reference model's
+# two layers, as many as random inputs would give, though two at a time: unit c
+# of one row with c' of the other, and c' with c), and then share their fate:
+# harmless for dropout. XOR, not +, puts the seed in: with seed + c * golden32,
+# two rows whose seeds differ by d * golden32, |d| < K, would share a whole
+# shifted stretch of K - |d| units (tests/test_kernels.py shows both).
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -96,7 +100,7 @@ def _keep_scale(key: int, threshold: np.uint64, scale: np.floating, mask: np.nda
         z = (z ^ (z >> np.uint64(27))) * _MIX2
     seeds = ((z ^ (z >> np.uint64(31))) >> np.uint64(32)).astype(np.uint32)
     # (N, K) uint32 arrays wrap modulo 2**32, as the hash wants.
-    x = seeds[:, None] + np.arange(cols, dtype=np.uint32) * _GOLDEN32
+    x = seeds[:, None] ^ (np.arange(cols, dtype=np.uint32) * _GOLDEN32)
     x ^= x >> np.uint32(16)
     x *= _LOWBIAS1
     x ^= x >> np.uint32(15)
@@ -241,15 +245,14 @@ def train_step(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scale
                wgrads: tuple, bgrads: tuple, wm: tuple, wv: tuple, bm: tuple, bv: tuple,
                keys: np.ndarray, thresholds: np.ndarray, scales: np.ndarray, coef: np.ndarray,
                row_loss: np.ndarray, scratch: np.ndarray, streaming: bool,
-               partials: np.ndarray, upcoming: np.ndarray) -> tuple[float, int]:
+               partials: np.ndarray) -> tuple[float, int]:
     """One training step of Dense -> ReLU [-> Dropout] blocks and a last Dense,
     softmax cross-entropy and Adam, exactly as ``Trainer`` runs it layer by
     layer, here in one function (``sgemm``, ``threads``, ``row_loss``,
-    ``scratch``, ``streaming``, ``partials`` and ``upcoming`` are the Numba
-    twin's: it splits the same work between threads, sums the first layer's
-    product from the threads' pieces, may write the weights with streaming
-    stores and fetches the next step's rows ``upcoming`` into cache, none of
-    which changes a value; see the last section of ``fused.py``).
+    ``scratch``, ``streaming`` and ``partials`` are the Numba twin's: it splits
+    the same work between threads, sums the first layer's product from the
+    threads' pieces, and may write the weights with streaming stores, which
+    changes no value; see the last section of ``fused.py``).
 
     Per layer l: a_{l+1} = relu(a_l @ W_l + b_l) * mask_l (the last: a_l @ W_l + b_l,
     the logits); dz of the last layer is dL/dlogits; below it
