@@ -139,7 +139,7 @@ def test_dropout_forward_fused_equals_reference_exactly(shape, dtype, p):
 @pytest.mark.parametrize("key", [0, 1, 2**63 - 1, 8675309])
 def test_dropout_masks_look_independent(key):
     # Each unit is kept with probability 1 - p on its own: the keep rates of
-    # rows and of columns scatter as binomial counts do (a row seed reused, or a
+    # rows and of columns scatter as binomial counts do (one seed for every row, or a
     # column pattern repeated down the rows, would show here), and neighbours in
     # a row, down a column, and across two keys are uncorrelated.
     rows, cols, p = 2048, 512, 0.2
