@@ -38,7 +38,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .checks import is_int, is_number
 from .datasets import CLASS_NAMES, DataError, load_fashion_mnist, load_fashion_mnist_split
 from .images import ImageError, load_image, looks_blank
-from .io import MAX_PARAMETERS, ModelFileError, load, save
+from .io import MAX_PARAMETERS, ModelFileError, class_names_of, load, save
 from .layers import Dense, Dropout, Flatten, ReLU
 from .model import Sequential
 from .optim import Adam
@@ -266,15 +266,16 @@ def _refuse_unusable_file(parser: argparse.ArgumentParser, path: Path, option: s
     """A usage error for an output file whose place cannot hold it."""
     if path.is_dir():
         parser.error(f"{option} {path}: is a directory, expected a file name")
-    blocker = _file_in_the_way(path.absolute().parents)
-    if blocker is not None:
-        parser.error(f"{option} {path}: {blocker} exists and is not a directory")
+    _refuse_file_in_the_way(parser, f"{option} {path}", path.absolute().parents)
 
 
-def _file_in_the_way(places: Sequence[Path]) -> Path | None:
-    """The first of ``places`` (a path, then its parents) that exists, if it is not a directory."""
+def _refuse_file_in_the_way(parser: argparse.ArgumentParser, what: str,
+                            places: Sequence[Path]) -> None:
+    """A usage error if the first of ``places`` (a path, then its parents) that
+    exists is not a directory."""
     existing = next(p for p in places if p.exists())
-    return None if existing.is_dir() else existing
+    if not existing.is_dir():
+        parser.error(f"{what}: {existing} exists and is not a directory")
 
 
 def _model_file(parser: argparse.ArgumentParser, path: Path) -> Path:
@@ -362,9 +363,7 @@ def _refuse_unusable_out(parser: argparse.ArgumentParser, out: Path,
     would write into ``out``, its own folder."""
     what = f"--out {out}" if resuming is None else \
         f"{out} (where --resume {resuming} would write, given no --out)"
-    blocker = _file_in_the_way([out, *out.absolute().parents])
-    if blocker is not None:
-        parser.error(f"{what}: {blocker} exists and is not a directory")
+    _refuse_file_in_the_way(parser, what, [out, *out.absolute().parents])
     if out.is_dir() and (out / "model.npz").exists():
         parser.error(f"{what} already holds a finished run (its model.npz); "
                      "choose another --out")
@@ -875,9 +874,8 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     args.model = _model_file(parser, args.model)
     if args.save_inputs is not None:
         args.save_inputs = _place(args.save_inputs)
-        blocker = _file_in_the_way([args.save_inputs, *args.save_inputs.absolute().parents])
-        if blocker is not None:
-            parser.error(f"--save-inputs {args.save_inputs}: {blocker} exists and is not a directory")
+        _refuse_file_in_the_way(parser, f"--save-inputs {args.save_inputs}",
+                                [args.save_inputs, *args.save_inputs.absolute().parents])
         if args.save_inputs.is_dir() and any(args.save_inputs.iterdir()):
             parser.error(f"--save-inputs {args.save_inputs}: not empty; give a new or empty "
                          "folder (its files are never overwritten or mixed with new ones)")
@@ -897,7 +895,7 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _predict(args: argparse.Namespace, model: Sequential) -> int:
-    names = model.class_names or [f"class {i}" for i in range(model.num_classes)]
+    names = class_names_of(model)
     results, failed = [], 0
     for n, (path, problem) in enumerate(_image_files(args.images), start=1):
         try:
@@ -942,8 +940,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".
 
 def _image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
     """``paths`` with each folder replaced by its image files (IMAGE_EXTENSIONS, not
-    hidden), sorted by name, each with None, or with the problem to report (a
-    broken link); a folder with none stays, with the problem to report."""
+    hidden), sorted by name, each paired with None; a folder with none (or that
+    cannot be listed) stays, paired with the problem to report."""
     files: list[tuple[Path, str | None]] = []
     for path in paths:
         if not path.is_dir():

@@ -314,11 +314,15 @@ def _input_spec(model: Sequential) -> dict[str, Any]:
             "note": "uint8 pixels are multiplied by scale; float input is used as given"}
 
 
+def class_names_of(model: Sequential) -> list[str]:
+    """The model's class names, or "class 0", "class 1", ... when it has none."""
+    return getattr(model, "class_names", None) or [f"class {i}" for i in range(model.num_classes)]
+
+
 def model_meta(model: Sequential, class_names: list[str] | None = None) -> dict[str, Any]:
     """The JSON metadata of a model file (without the hash table)."""
     if class_names is None:
-        class_names = getattr(model, "class_names", None) or [
-            f"class {i}" for i in range(model.num_classes)]
+        class_names = class_names_of(model)
     # Checked here, so that save never writes a file that load would reject.
     for i, layer in enumerate(model.layers):
         # load rebuilds layers by type name, so a subclass or custom layer would come
