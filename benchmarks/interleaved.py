@@ -33,11 +33,21 @@ class FixedStores(StoreChooser):
         super().__init__()
         self.streaming = streaming
 
-    def next(self) -> bool:
-        return self.streaming
+    def next(self) -> tuple[bool, int]:
+        return self.streaming, ThreadedStep.MOST_STEPS
 
-    def record(self, streaming: bool, seconds: float, rows: int) -> None:
-        self.count += 1
+    def record(self, streaming: bool, seconds: float, rows: int, steps: int = 1) -> None:
+        self.count += steps
+
+
+def threaded_steps(trainer: nn.Trainer, rows: np.ndarray) -> None:
+    """The trainer's threaded steps on ``rows`` (whole batches), as ``Trainer`` takes
+    them: as many per kernel call as its plan asks for (``ThreadedStep.batches``)."""
+    done, total = 0, len(rows) // BATCH
+    while done < total:
+        count = min(trainer._threaded.batches(), total - done)
+        trainer._take_threaded_steps(rows[done * BATCH:(done + count) * BATCH], count)
+        done += count
 
 
 def parse_rounds(doc: str) -> int:
@@ -76,8 +86,8 @@ def time_interleaved(trainers: dict[str, nn.Trainer], rounds: int,
 
     def chunk(trainer: nn.Trainer, k0: int) -> float:
         started = time.perf_counter()
-        for k in range(k0, k0 + CHUNK):
-            trainer._step(perm[(k % steps) * BATCH:][:BATCH])
+        start = k0 % (steps - CHUNK)
+        threaded_steps(trainer, perm[start * BATCH:(start + CHUNK) * BATCH])
         return (time.perf_counter() - started) / CHUNK * 1e6
 
     times: dict[str, list[float]] = {name: [] for name in trainers}

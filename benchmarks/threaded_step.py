@@ -3,7 +3,7 @@
     python benchmarks/threaded_step.py [CHUNKS]     # default 8 chunks of each kind
 
 Times, in chunks of 100 steps of the reference model (784-256-128-10, dropout
-0.2, batch 128) on the real training images, interleaved so that all four see
+0.2, batch 128) on the real training images, interleaved so that all six see
 the same phases of the machine:
 
   floor     the 8 matrix products of a step (np.matmul into preallocated
@@ -12,23 +12,33 @@ the same phases of the machine:
             threaded step splits them (single-threaded sgemm calls; the first
             layer's inputs in pass 0, batch rows in pass 1, rows of dW in pass
             2), and nothing else (not even the sum of the first layer's pieces)
-  threaded  the whole threaded step (``Trainer._step``: the same products plus
-            gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, Python)
+  threaded  the whole threaded step as ``Trainer`` takes it (the same products
+            plus gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, and
+            the Python around them), several steps per kernel call
+            (``ThreadedStep.batches``: 1 while the store kinds are timed, 8 of
+            every 64 steps, else the rest of the 64)
+  unhinted  the same, without the hint that fetches the next step's rows
+            (``ThreadedStep.prefetch = False``)
+  one-call  the same as threaded, one step per kernel call
   layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
 
 and prints each one's median microseconds per step and its ratio to the floor
-in the same round. threaded - split is what the step adds to its products.
+in the same round. threaded - split is what the step adds to its products;
+one-call - threaded what a call from Python costs; unhinted / threaded what
+the hint saves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
 
 import numba
 import numpy as np
+from interleaved import threaded_steps
 from numba import njit, prange
 
 import nnscratch as nn
@@ -42,7 +52,7 @@ BATCH = 128
 
 @njit(parallel=True, cache=True)
 def split_products(sgemm, threads, x, w1, w2, w3, h1, h2, logits, d2, d1, g1, g2, g3, partials):
-    """The step's 8 products, shared out as ``kernels.fused.train_step`` shares them."""
+    """The step's 8 products, shared out as ``kernels.fused.train_steps`` shares them."""
     n = x.shape[0]
     for t in prange(threads):
         c0, c1 = _input_share(t, threads, 784), _input_share(t + 1, threads, 784)
@@ -115,8 +125,19 @@ def main() -> None:
     def split(k: int) -> None:
         split_products(blas.SGEMM, threads, batch(k), *weights, *outs, partials)
 
-    def step(k: int) -> None:
-        trainer._step(perm[(k % (len(x) // BATCH)) * BATCH:][:BATCH])
+    def rows(k: int) -> np.ndarray:  # the chunk's 100 batches, from batch k of perm
+        start = k % (len(x) // BATCH - 100)
+        return perm[start * BATCH:(start + 100) * BATCH]
+
+    def layers(k: int) -> None:
+        chunk_rows = rows(k)
+        for b in range(100):
+            trainer._step(chunk_rows[b * BATCH:(b + 1) * BATCH])
+
+    def one_call(k: int) -> None:
+        chunk_rows = rows(k)
+        for b in range(100):
+            trainer._take_threaded_steps(chunk_rows[b * BATCH:(b + 1) * BATCH], 1)
 
     def chunk(kind: str, k0: int) -> float:
         # A new shuffle for every chunk, so that a chunk does not find its rows in
@@ -124,20 +145,24 @@ def main() -> None:
         # batch's rows come from memory (the dataset, 47 MB, outgrows the cache).
         nonlocal perm
         perm = shuffles.permutation(len(x))
-        threaded = kind in ("split", "threaded")
-        trainer._threaded = plan if kind == "threaded" else None
-        run = {"floor": floor, "split": split, "threaded": step, "layers": step}[kind]
+        trainer._threaded = plan if kind in ("threaded", "unhinted", "one-call") else None
+        plan.prefetch = kind != "unhinted"
         started = time.perf_counter()
-        if threaded:
-            with blas.one_thread():
+        if kind in ("floor", "split"):
+            with blas.one_thread() if kind == "split" else contextlib.nullcontext():
                 for k in range(k0, k0 + 100):
-                    run(k)
+                    (floor if kind == "floor" else split)(k)
+        elif kind == "layers":
+            layers(k0)
         else:
-            for k in range(k0, k0 + 100):
-                run(k)
+            with blas.one_thread():
+                if kind in ("threaded", "unhinted"):
+                    threaded_steps(trainer, rows(k0))
+                else:
+                    one_call(k0)
         return (time.perf_counter() - started) / 100 * 1e6
 
-    kinds = ("floor", "split", "threaded", "layers")
+    kinds = ("floor", "split", "threaded", "unhinted", "one-call", "layers")
     for kind in kinds:  # warm-up: compile, fill caches
         chunk(kind, 0)
     times: dict[str, list[float]] = {kind: [] for kind in kinds}

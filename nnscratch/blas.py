@@ -1,6 +1,6 @@
 """NumPy's own OpenBLAS, reached directly: ``sgemm`` and its thread count.
 
-The threaded training step (``kernels.fused.train_step``) splits each matrix product
+The threaded training step (``kernels.fused.train_steps``) splits each matrix product
 between the threads of Numba's pool, and each thread calls single-threaded
 ``sgemm`` on its share; OpenBLAS's own threads must then stay out of the way.
 So this module finds the library NumPy links (the wheels' ``scipy_openblas64_``,

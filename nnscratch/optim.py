@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -78,15 +79,22 @@ class Adam:
         self.v = {p.name: aligned.zeros(p.value.shape, p.value.dtype) for p in self.params}
 
     def _coefficients(self, dtype: np.dtype) -> np.ndarray:
-        # Computed once per step in float64, then rounded to the parameters'
-        # dtype so the kernels stay in float32 on the float32 path.
+        """The coefficient array ``kernels.adam_update`` takes for step ``step_count``."""
+        return self._coefficient_rows(dtype, [self.lr], self.step_count)[0]
+
+    def _coefficient_rows(self, dtype: np.dtype, lrs: list[float], first: int) -> np.ndarray:
+        """One coefficient row per step: steps first, first + 1, ... at learning
+        rates ``lrs`` (the threaded step takes several steps per call)."""
+        # Computed in float64, then rounded to the parameters' dtype so the
+        # kernels stay in float32 on the float32 path.
         b1, b2 = self.betas
-        t = self.step_count
-        inv_sqrt_bc2 = 1 / np.sqrt(1 - b2**t)
-        return np.array([b1, 1 - b1, b2, 1 - b2, self.eps,
-                         1 - self.lr * self.weight_decay,
-                         self.lr / (1 - b1**t), inv_sqrt_bc2,
-                         kernels.flush_threshold(dtype, self.eps, inv_sqrt_bc2)], dtype=dtype)
+        rows = []
+        for t, lr in enumerate(lrs, start=first):
+            inv_sqrt_bc2 = 1 / math.sqrt(1 - b2**t)  # (np.sqrt's value: both round correctly)
+            rows.append((b1, 1 - b1, b2, 1 - b2, self.eps, 1 - lr * self.weight_decay,
+                         lr / (1 - b1**t), inv_sqrt_bc2,
+                         kernels.flush_threshold(dtype, self.eps, inv_sqrt_bc2)))
+        return np.array(rows, dtype=dtype)
 
     def step(self) -> None:
         """Apply one update to every parameter from its current gradient."""

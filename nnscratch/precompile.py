@@ -94,7 +94,7 @@ def step_cached(layers: int) -> bool | None:
     if kernels.BACKEND != "numba":
         return None
     try:  # Numba's cache index: {(signature, target, code hash): file}, {} if stale
-        step = kernels.train_step
+        step = kernels.train_steps
         index = step._cache._cache_file._load_index()
         target = step.targetctx.codegen().magic_tuple()
         # The weights are the step's 7th argument: a tuple of one array per layer.

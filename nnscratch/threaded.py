@@ -1,5 +1,5 @@
 """The threaded training step: when a run qualifies, ``Trainer`` hands each
-whole step (gather, forward, loss, backward, Adam) to ``kernels.train_step``,
+whole step (gather, forward, loss, backward, Adam) to ``kernels.train_steps``,
 which splits it between the threads of Numba's pool (see the last section of ``kernels/fused.py``).
 
 It qualifies for the usual MLP: [Flatten ->] Dense -> ReLU [-> Dropout] blocks,
@@ -78,18 +78,18 @@ def pool_wakes_fast() -> bool:
 
 
 class StoreChooser:
-    """Whether the next step writes the new weights with streaming stores
-    (``kernels.fused.train_step``): the same values either way, but on this VM
+    """Whether the next steps write the new weights with streaming stores
+    (``kernels.fused.train_steps``): the same values either way, but on this VM
     streaming cost 3% of a step in its fast phases and saved 25% in its slow ones
     (minutes long), and nothing tells the two apart but the clock
     (``benchmarks/streaming_stores.py``). So in every ``PERIOD`` steps the first
-    ``TRIAL`` write plainly and the next ``TRIAL`` stream, each timed, and the
-    rest of the period streams only if that was clearly faster (median time below
-    ``MARGIN`` times the plain median). Only steps of the first trial step's batch
-    size count (a short last batch is not a fair sample); with no sample of one
-    kind, the previous choice stands."""
+    ``TRIAL`` write plainly and the next ``TRIAL`` stream, each timed alone, and
+    the rest of the period streams only if that was clearly faster (median time
+    below ``MARGIN`` times the plain median). Only steps of the first trial step's
+    batch size count (a short last batch is not a fair sample); with no sample of
+    one kind, the previous choice stands."""
 
-    PERIOD, TRIAL, MARGIN = 64, 4, 0.9
+    PERIOD, TRIAL, MARGIN = 256, 4, 0.9
 
     def __init__(self) -> None:
         self.count = 0
@@ -97,20 +97,22 @@ class StoreChooser:
         self._rows = 0
         self._times: tuple[list[float], list[float]] = ([], [])
 
-    def next(self) -> bool:
-        """The kind of store the next step should use."""
+    def next(self) -> tuple[bool, int]:
+        """The kind of store for the next steps, and how many steps may take it
+        before asking again: one while the trials are timed, else the rest of the period."""
         k = self.count % self.PERIOD
         if k < 2 * self.TRIAL:
-            return k >= self.TRIAL
-        return self.streaming
+            return k >= self.TRIAL, 1
+        return self.streaming, self.PERIOD - k
 
-    def record(self, streaming: bool, seconds: float, rows: int) -> None:
-        """How long the step that ``next`` was asked for took, on a batch of ``rows``."""
+    def record(self, streaming: bool, seconds: float, rows: int, steps: int = 1) -> None:
+        """``steps`` steps, on batches of ``rows``, took ``seconds`` with the kind
+        ``next`` gave. Only single steps are trial samples."""
         k = self.count % self.PERIOD
-        self.count += 1
+        self.count += steps
         if k == 0:
             self._rows = rows
-        if k < 2 * self.TRIAL and rows == self._rows:
+        if k < 2 * self.TRIAL and steps == 1 and rows == self._rows:
             self._times[streaming].append(seconds)
         if k == 2 * self.TRIAL - 1:
             plain, stream = self._times
@@ -120,7 +122,12 @@ class StoreChooser:
 
 
 class ThreadedStep:
-    """The arrays ``kernels.train_step`` works on, gathered once per run."""
+    """The arrays ``kernels.train_steps`` works on, gathered once per run."""
+
+    # Most steps per kernel call: each call costs ~5% of a step of the reference
+    # model (benchmarks/threaded_step.py), so calls take many; a stop request is
+    # seen between calls, within ~60 ms.
+    MOST_STEPS = 64
 
     def __init__(self, model, optimizer: Adam, dense: list[Dense], dropouts: list,
                  threads: int, widths: list[int]) -> None:
@@ -138,11 +145,14 @@ class ThreadedStep:
         self.bgrads = tuple(d.grads["bias"] for d in dense)
         self.wm, self.wv = moments(optimizer.m, "weight"), moments(optimizer.v, "weight")
         self.bm, self.bv = moments(optimizer.m, "bias"), moments(optimizer.v, "bias")
-        self.keys = np.zeros(len(dense), np.uint64)
+        self._keys = np.zeros((self.MOST_STEPS, len(dense)), np.uint64)
+        self._losses = np.zeros(self.MOST_STEPS)
+        self._corrects = np.zeros(self.MOST_STEPS, np.int64)
         self.thresholds = np.zeros(len(dense), np.uint64)
         self.scales = np.ones(len(dense), np.float32)
         self.scratch = aligned.zeros((threads, fused.STREAM_CHUNK), np.float32)  # streaming stores
         self.stores = StoreChooser()
+        self.prefetch = True  # the next step's rows (a hint; off only to time it)
         self._buffers: dict = {}
         self._last_n, self._last = -1, ()
 
@@ -211,33 +221,67 @@ class ThreadedStep:
             self._last_n = n
         return self._last
 
-    def step(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float) -> tuple[float, int]:
-        """One training step on rows ``idx`` of (x, y) with learning rate ``lr``:
-        the dropout keys are drawn, in layer order, as the blocks draw them, and
-        Adam's step count advances as in ``Adam.step``. The step is timed for
+    def batches(self) -> int:
+        """How many batches the next ``steps`` call should take at most: one while
+        the store kinds are timed, else up to ``MOST_STEPS``."""
+        return min(self.stores.next()[1], self.MOST_STEPS)
+
+    def steps(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lrs: list[float],
+              loss_limit: float) -> tuple[np.ndarray, np.ndarray]:
+        """Training steps on ``len(lrs)`` consecutive batches of equal size, whose
+        rows of (x, y) ``idx`` lists one batch after another, step s at learning
+        rate ``lrs[s]``; returns each step's mean loss and number of correct
+        predictions. It stops after the first step whose loss is not <=
+        ``loss_limit`` (the arrays then end with it). The dropout keys are drawn,
+        in step and then layer order, as the blocks draw them, and Adam's step
+        count advances as in ``Adam.step``. The steps are timed for
         ``self.stores``, which picks plain or streaming stores for the weights."""
+        count = len(lrs)
+        if not 1 <= count <= self.MOST_STEPS or len(idx) % count:
+            raise ValueError(f"ThreadedStep.steps: {len(idx)} rows in {count} batches (at most "
+                             f"{self.MOST_STEPS})")
+        keys = self._keys[:count]
+        # Each dropout gets the keys it would draw itself, step by step in layer
+        # order; one array per generator for several steps (a Generator gives
+        # the same numbers in an array as one by one, and one call is cheaper).
+        for rng, columns in self._draws():
+            if count == 1:
+                for column in columns:
+                    keys[0, column] = rng.integers(0, 2**63)
+            else:
+                drawn = rng.integers(0, 2**63, size=count * len(columns))
+                for j, column in enumerate(columns):
+                    keys[:, column] = drawn[j::len(columns)]
+        if blas.thread_count() != 1:  # each thread calls BLAS: OpenBLAS's own pool must be off
+            raise RuntimeError("ThreadedStep.steps runs inside blas.one_thread() only")
+        opt = self.optimizer
+        coefs = opt._coefficient_rows(np.dtype(np.float32), lrs, opt.step_count + 1)
+        n = len(idx) // count
+        acts, deltas, row_loss, partials = self._buffers_for(n)
+        src = x.reshape(len(x), -1)
+        scale = np.float32(1 / 255 if x.dtype == np.uint8 else 1)
+        streaming = self.stores.next()[0]
+        losses, corrects = self._losses[:count], self._corrects[:count]
+        started = time.perf_counter()
+        done = kernels.train_steps(
+            blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
+            acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
+            keys, self.thresholds, self.scales, coefs, row_loss, self.scratch, streaming,
+            partials, losses, corrects, float(loss_limit), self.prefetch)
+        self.stores.record(streaming, time.perf_counter() - started, n, done)
+        opt.step_count += done
+        opt.lr = lrs[done - 1]
+        return losses[:done], corrects[:done]
+
+    def _draws(self) -> list[tuple[np.random.Generator, list[int]]]:
+        """Each dropout generator, with the layers that draw from it (in order);
+        sets the thresholds and scales of this call's steps."""
+        draws: dict[int, tuple[np.random.Generator, list[int]]] = {}
         for i, dropout in enumerate(self.dropouts):
             if dropout is not None and dropout.training and dropout.p > 0.0:
-                self.keys[i] = int(dropout.rng.integers(0, 2**63))
+                draws.setdefault(id(dropout.rng), (dropout.rng, []))[1].append(i)
                 self.thresholds[i] = round(dropout.p * 2**24)
                 self.scales[i] = 1.0 / (1.0 - dropout.p)
             else:
                 self.thresholds[i], self.scales[i] = 0, 1.0
-        if blas.thread_count() != 1:  # each thread calls BLAS: OpenBLAS's own pool must be off
-            raise RuntimeError("ThreadedStep.step runs inside blas.one_thread() only")
-        opt = self.optimizer
-        opt.lr = lr
-        opt.step_count += 1
-        coef = opt._coefficients(np.dtype(np.float32))
-        acts, deltas, row_loss, partials = self._buffers_for(len(idx))
-        src = x.reshape(len(x), -1)
-        scale = np.float32(1 / 255 if x.dtype == np.uint8 else 1)
-        streaming = self.stores.next()
-        started = time.perf_counter()
-        loss, correct = kernels.train_step(
-            blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
-            acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
-            self.keys, self.thresholds, self.scales, coef, row_loss, self.scratch, streaming,
-            partials)
-        self.stores.record(streaming, time.perf_counter() - started, len(idx))
-        return float(loss), int(correct)
+        return list(draws.values())

@@ -37,7 +37,8 @@ class Trainer:
     Each epoch draws a permutation of the sample indices from the generator
     and walks it in batches; each step is forward, loss, backward, Adam.
     ``stop_requested`` (set e.g. from a signal handler) makes ``run`` raise
-    ``TrainingInterrupted`` after the current step; ``on_epoch_end(trainer)``
+    ``TrainingInterrupted`` after the current step (the threaded step's: after
+    its current call, at most 64 steps, ~60 ms); ``on_epoch_end(trainer)``
     runs after each finished epoch (the CLI writes checkpoints there).
     ``augment(batch, rng)``, if given, transforms each training batch.
     """
@@ -209,8 +210,9 @@ class Trainer:
         raise ValueError(f"lr_schedule must be 'constant', 'cosine' or a function, got {kind!r}")
 
     # ---- the loop --------------------------------------------------------------
-    def _learning_rate(self) -> float:
-        step = self.optimizer.step_count - self.first_step + 1
+    def _learning_rate(self, ahead: int = 0) -> float:
+        """The schedule's learning rate for the next step (``ahead`` steps later)."""
+        step = self.optimizer.step_count - self.first_step + 1 + ahead
         lr = self.schedule(step)
         if not is_finite_at_least(lr):
             raise ValueError(f"lr_schedule returned {lr!r} for step {step}: a learning rate "
@@ -218,12 +220,7 @@ class Trainer:
         return float(lr)
 
     def _step(self, idx: np.ndarray) -> float:
-        # The same step, split between threads, unless another Python thread has
-        # raised OpenBLAS's thread count meanwhile (then this step goes layer by layer).
-        if self._threaded is not None and blas.thread_count() == 1:
-            loss, correct = self._threaded.step(self.x, self.y, idx, self._learning_rate())
-            self.correct += correct
-            return loss
+        """One step of the layer-by-layer path on rows ``idx``; returns its mean loss."""
         model, n = self.model, len(idx)
         xb = model._as_batch(self.x, idx)
         if self.augment is not None:
@@ -237,6 +234,41 @@ class Trainer:
         self.optimizer.step()
         self.correct += kernels.count_correct(logits, yb)
         return loss
+
+    def _threaded_batches(self) -> int:
+        """How many of the epoch's next batches the threaded step takes in its next
+        call: those of full size, at most as many as the plan asks (``ThreadedStep.batches``);
+        the run's first step alone (its time is the time to the first batch)."""
+        if self.first_step_done is None:
+            return 1
+        full = len(self.x) // self.batch_size - self.batch
+        return max(1, min(full, self._threaded.batches()))
+
+    def _threaded_steps(self) -> None:
+        """The threaded step's next call: several steps when it may, the short last
+        batch alone; each step is then counted as ``_count_step`` counts it."""
+        start = self.batch * self.batch_size
+        count = self._threaded_batches()
+        self._take_threaded_steps(self.perm[start:start + count * self.batch_size], count)
+
+    def _take_threaded_steps(self, idx: np.ndarray, count: int) -> None:
+        """``count`` threaded steps on the rows ``idx``, one batch after another."""
+        lrs = [self._learning_rate(ahead) for ahead in range(count)]
+        losses, corrects = self._threaded.steps(self.x, self.y, idx, lrs, self.loss_limit)
+        self.correct += int(corrects.sum())
+        for loss in losses.tolist():
+            self._count_step(loss, len(idx) // count)
+
+    def _count_step(self, loss: float, rows: int) -> None:
+        """Account for the step just taken on ``rows`` rows (either path)."""
+        if not math.isfinite(loss) or loss > self.loss_limit:
+            self._diverged(f"the loss became {loss:.4g}")
+        if self.first_step_done is None:
+            self.first_step_done = time.time()
+            self._check_grads_in_place()
+        self.loss_sum += loss * rows
+        self.seen += rows
+        self.batch += 1
 
     def _check_grads_in_place(self) -> None:
         # The optimizer holds each layer's gradient arrays; a custom backward that
@@ -278,16 +310,13 @@ class Trainer:
     def _epoch_steps(self, started: float) -> None:
         """The current epoch's remaining steps."""
         while self.batch < self.steps_per_epoch:
-            idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
-            loss = self._step(idx)
-            if not math.isfinite(loss) or loss > self.loss_limit:
-                self._diverged(f"the loss became {loss:.4g}")
-            if self.first_step_done is None:
-                self.first_step_done = time.time()
-                self._check_grads_in_place()
-            self.loss_sum += loss * len(idx)
-            self.seen += len(idx)
-            self.batch += 1
+            # The threaded step, unless another Python thread has raised OpenBLAS's
+            # thread count meanwhile (then this step goes layer by layer).
+            if self._threaded is not None and blas.thread_count() == 1:
+                self._threaded_steps()
+            else:
+                idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+                self._count_step(self._step(idx), len(idx))
             self.progress.update(self.batch, self._running_metrics())
             if self.stop_requested:
                 self.elapsed += time.perf_counter() - started

@@ -47,16 +47,27 @@ def make_config(**changes: Any) -> dict[str, Any]:
 
 class StoppingTrainer(Trainer):
     """Requests a stop after step ``stop_at_step`` of this run or at the end of
-    epoch ``stop_at_epoch_end`` (1-based), the way a signal handler would."""
+    epoch ``stop_at_epoch_end`` (1-based), the way a signal handler would. (The
+    threaded step takes several steps per call and sees a stop between calls, so
+    its calls are cut to end there: every step is a place to resume from.)"""
 
     stop_at_step: int | None = None
     stop_at_epoch_end: int | None = None
 
-    def _step(self, idx: np.ndarray) -> float:
-        loss = super()._step(idx)
-        if self.optimizer.step_count - self.first_step == self.stop_at_step:
+    def _steps_to_stop(self) -> int | None:
+        if self.stop_at_step is None:
+            return None
+        return self.stop_at_step - (self.optimizer.step_count - self.first_step)
+
+    def _threaded_batches(self) -> int:
+        count = super()._threaded_batches()
+        left = self._steps_to_stop()
+        return min(count, left) if left is not None and left > 0 else count
+
+    def _count_step(self, loss: float, rows: int) -> None:
+        super()._count_step(loss, rows)
+        if self._steps_to_stop() == 0:
             self.stop_requested = True
-        return loss
 
 
 def build(config: dict[str, Any], stop: tuple[str, int] | None = None) -> StoppingTrainer:

@@ -1,4 +1,4 @@
-"""The threaded training step (``kernels.fused.train_step``, ``threaded.py``) against the
+"""The threaded training step (``kernels.fused.train_steps``, ``threaded.py``) against the
 layer-by-layer step, and the runs that must not take it.
 
 Both paths compute every value by the same formula; what may differ is the last
@@ -21,7 +21,7 @@ import pytest
 from nnscratch import Adam, Dense, Dropout, Flatten, ReLU, Sequential, Trainer, aligned, blas, kernels
 from nnscratch.augment import RandomShiftFlip
 from nnscratch.kernels import fused, reference
-from nnscratch.threaded import StoreChooser
+from nnscratch.threaded import StoreChooser, ThreadedStep
 from nnscratch.training import TrainingDiverged
 
 NUMBA = kernels.BACKEND == "numba"
@@ -92,11 +92,13 @@ def test_threaded_run_matches_the_layer_by_layer_run(arch, dtype, batch_size, sc
                                        atol=1e-4 * np.abs(grad).max())
 
 
-def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
+def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25, steps=1):
+    """The arguments of ``train_steps`` after (sgemm, threads), for ``steps`` steps
+    on batches of n rows (Adam's steps 3, 4, ...)."""
     rng = np.random.default_rng(seed)
     src = rng.integers(0, 256, (300, widths[0])).astype(np.uint8)
     y = rng.integers(0, widths[-1], 300).astype(np.intp)
-    idx = rng.permutation(300)[:n].astype(np.intp)
+    idx = np.concatenate([rng.permutation(300)[:n] for _ in range(steps)]).astype(np.intp)
     pairs = list(zip(widths, widths[1:]))
     weights = tuple((rng.standard_normal(s) * 0.2).astype(np.float32) for s in pairs)
     biases = tuple((rng.standard_normal(s[1]) * 0.1).astype(np.float32) for s in pairs)
@@ -107,31 +109,35 @@ def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25):
     grads = (tuple(np.full_like(w, np.nan) for w in weights),
              tuple(np.full_like(b, np.nan) for b in biases))
     layers = len(pairs)
-    keys = rng.integers(0, 2**63, layers, dtype=np.uint64)
+    keys = rng.integers(0, 2**63, (steps, layers), dtype=np.uint64)
     thresholds = np.array([round(p * 2**24)] * (layers - 1) + [0], np.uint64)
     scales = np.array([1 / (1 - p)] * (layers - 1) + [1], np.float32)
-    t, b1, b2, lr = 3, 0.9, 0.999, 1e-2
-    coef = np.array([b1, 1 - b1, b2, 1 - b2, 1e-8, 1 - lr * 0.01, lr / (1 - b1**t),
-                     1 / np.sqrt(1 - b2**t), np.finfo(np.float32).tiny], np.float32)
+    b1, b2, lr = 0.9, 0.999, 1e-2
+    coefs = np.array([[b1, 1 - b1, b2, 1 - b2, 1e-8, 1 - lr * 0.01, lr / (1 - b1**t),
+                       1 / np.sqrt(1 - b2**t), np.finfo(np.float32).tiny]
+                      for t in range(3, 3 + steps)], np.float32)
     return [src, idx, np.float32(1 / 255), y, weights, biases, acts, deltas, *grads, *moments,
-            keys, thresholds, scales, coef, np.zeros(2 * n),
+            keys, thresholds, scales, coefs, np.zeros(2 * n),
             np.zeros((3, fused.STREAM_CHUNK), np.float32), False,
-            np.full((2, n, widths[1]), np.nan, np.float32)]  # partials: up to 3 threads
+            np.full((2, n, widths[1]), np.nan, np.float32),  # partials: up to 3 threads
+            np.full(steps, np.nan), np.full(steps, -1, np.int64), np.inf, True]
 
 
-SCRATCH, STREAMING, PARTIALS = -3, -2, -1  # positions in _step_inputs' list
+# positions in _step_inputs' list
+IDX, KEYS, COEFS = 1, 14, 17
+SCRATCH, STREAMING, PARTIALS, LOSSES, CORRECTS, LIMIT, PREFETCH = range(-7, 0)
 
 
-def _assert_same_steps(plain: list, other: list, threads: int, steps: int) -> None:
-    """Run ``steps`` steps on each of two _step_inputs lists; the results and every
-    array they hold (weights to moments) must be equal bit for bit."""
+def _assert_same_steps(plain: list, other: list, threads: int, calls: int = 1) -> None:
+    """Run ``calls`` calls on each of two _step_inputs lists; the results and every
+    array they hold (weights to moments, losses, correct counts) must be equal bit for bit."""
     with blas.one_thread():
         for args in (plain, other):
-            for _ in range(steps):
-                result = kernels.train_step(blas.SGEMM, threads, *args)
+            for _ in range(calls):
+                result = kernels.train_steps(blas.SGEMM, threads, *args)
             args.append(result)
     assert plain[-1] == other[-1]
-    for position in range(4, 16):
+    for position in [*range(4, 16), LOSSES - 1, CORRECTS - 1]:
         for a, b in zip(plain[position], other[position]):
             assert np.array_equal(a, b, equal_nan=True), position
 
@@ -139,14 +145,15 @@ def _assert_same_steps(plain: list, other: list, threads: int, steps: int) -> No
 @needs_numba
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("widths", [(144, 40, 24, 10), (20, 300, 5), (33, 17)])
-def test_numba_train_step_matches_its_numpy_twin(threads, widths):
+def test_numba_train_steps_match_their_numpy_twin(threads, widths):
     # (20, 300, 5) on 3 threads: the first thread gets none of the 20 input columns
     # (they are shared in pieces of 16), so its partial product is zeros.
     fused_args, twin_args = _step_inputs(widths=widths), _step_inputs(widths=widths)
     with blas.one_thread():
-        loss, correct = kernels.train_step(blas.SGEMM, threads, *fused_args)
-        twin_loss, twin_correct = reference.train_step(0, 1, *twin_args)
-    assert correct == twin_correct and loss == pytest.approx(twin_loss, rel=1e-6)
+        assert kernels.train_steps(blas.SGEMM, threads, *fused_args) == 1
+        assert reference.train_steps(0, 1, *twin_args) == 1
+    assert fused_args[CORRECTS][0] == twin_args[CORRECTS][0]
+    assert fused_args[LOSSES][0] == pytest.approx(twin_args[LOSSES][0], rel=1e-6)
     # The gather is the same arithmetic: exact. The first layer's product is summed
     # from the threads' pieces of its inputs, so from there on values agree to
     # float32 rounding, not bit for bit (and exp and log differ in the last bit
@@ -158,13 +165,93 @@ def test_numba_train_step_matches_its_numpy_twin(threads, widths):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
+def _module_for(backend):
+    if backend == "numba" and not NUMBA:
+        pytest.skip("the Numba kernel is not loaded on the NumPy backend")
+    return fused if backend == "numba" else reference
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_several_steps_in_one_call_are_the_steps_one_call_each(backend):
+    # Each step takes its own rows, dropout keys and Adam coefficients from row s;
+    # on the Numba backend also with the hint for the next step's rows, which
+    # must change nothing. The NumPy twin is the loop itself.
+    steps = _module_for(backend).train_steps
+    together, apart = _step_inputs(steps=4), _step_inputs(steps=4)
+    n = len(together[IDX]) // 4
+    with blas.one_thread():
+        assert steps(blas.SGEMM, 2, *together) == 4
+        for s in range(4):
+            one = list(apart)
+            one[IDX] = apart[IDX][s * n:(s + 1) * n]
+            one[KEYS], one[COEFS] = apart[KEYS][s:s + 1], apart[COEFS][s:s + 1]
+            one[LOSSES], one[CORRECTS] = apart[LOSSES][s:s + 1], apart[CORRECTS][s:s + 1]
+            one[PREFETCH] = False
+            assert steps(blas.SGEMM, 2, *one) == 1
+    for position in [*range(4, 16), LOSSES, CORRECTS]:
+        for a, b in zip(together[position], apart[position]):
+            assert np.array_equal(a, b), position
+    assert len(set(together[LOSSES])) == 4 and np.isfinite(together[LOSSES]).all()
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("limit", ["between", "nan weights"])
+def test_the_steps_stop_after_the_first_loss_over_the_limit(backend, limit):
+    steps = _module_for(backend).train_steps
+    probe, args, shorter = _step_inputs(steps=4), _step_inputs(steps=4), _step_inputs(steps=4)
+    taken = 3 if limit == "between" else 1
+    with blas.one_thread():
+        steps(blas.SGEMM, 2, *probe)
+        if limit == "between":  # the first two steps' losses are <= the limit, the third's not
+            args[LIMIT] = max(probe[LOSSES][:2])
+            assert probe[LOSSES][2] > args[LIMIT]
+        else:  # NaN in a weight: every loss is NaN, so the first step is the last
+            for inputs in (args, shorter):
+                inputs[4][1][0, 0] = np.nan
+        assert steps(blas.SGEMM, 2, *args) == taken
+        # The same inputs cut to the steps taken: the steps not taken changed nothing.
+        rows = taken * (len(shorter[IDX]) // 4)
+        shorter[IDX], shorter[KEYS], shorter[COEFS] = (shorter[IDX][:rows], shorter[KEYS][:taken],
+                                                       shorter[COEFS][:taken])
+        shorter[LOSSES], shorter[CORRECTS] = shorter[LOSSES][:taken], shorter[CORRECTS][:taken]
+        assert steps(blas.SGEMM, 2, *shorter) == taken
+    for position in range(4, 16):
+        for a, b in zip(args[position], shorter[position]):
+            assert np.array_equal(a, b, equal_nan=True), position
+    assert np.array_equal(args[LOSSES][:taken], shorter[LOSSES], equal_nan=True)
+    assert np.isnan(args[LOSSES][taken:]).all() and (args[CORRECTS][taken:] == -1).all()
+
+
 @needs_numba
 @pytest.mark.parametrize("shape", [(1, 50, 40), (2, 49, 40), (2, 50, 41)])
-def test_train_step_refuses_partials_of_the_wrong_shape(shape):
+def test_train_steps_refuse_partials_of_the_wrong_shape(shape):
     args = _step_inputs()  # n = 50, first layer 144 -> 40
     args[PARTIALS] = np.zeros(shape, np.float32)
     with blas.one_thread(), pytest.raises(ValueError, match="partials"):
-        kernels.train_step(blas.SGEMM, 3, *args)
+        kernels.train_steps(blas.SGEMM, 3, *args)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("problem", ["rows not whole batches", "rows of another batch size",
+                                     "no steps", "too few keys", "too few coefficients",
+                                     "corrects of another length"])
+def test_train_steps_refuse_inputs_that_are_not_whole_batches(backend, problem):
+    steps = _module_for(backend).train_steps
+    args = _step_inputs(steps=3)  # 3 batches of 50
+    if problem == "rows not whole batches":
+        args[IDX] = args[IDX][:149]
+    elif problem == "rows of another batch size":  # 3 batches of 40, buffers of 50 rows
+        args[IDX] = args[IDX][:120]
+    elif problem == "no steps":
+        args[LOSSES], args[CORRECTS], args[IDX] = args[LOSSES][:0], args[CORRECTS][:0], args[IDX][:0]
+    elif problem == "too few keys":
+        args[KEYS] = args[KEYS][:2]
+    elif problem == "too few coefficients":
+        args[COEFS] = args[COEFS][:2]
+    else:
+        args[CORRECTS] = args[CORRECTS][:2]
+    with blas.one_thread(), pytest.raises(ValueError, match="K >= 1 batches"):
+        steps(blas.SGEMM, 2, *args)
 
 
 @needs_numba
@@ -238,13 +325,13 @@ def test_blas_keeps_its_thread_count_outside_the_steps(monkeypatch):
     x, y = _data(64, (144,), np.uint8)
     model = Sequential(Dense(144, 32), ReLU(), Dense(32, 10), seed=0)
     seen_in_steps, seen_at_epoch_end = set(), []
-    real_step = kernels.train_step
+    real_steps = kernels.train_steps
 
     def spy(*args):
         seen_in_steps.add(blas._get_threads())
-        return real_step(*args)
+        return real_steps(*args)
 
-    monkeypatch.setattr(kernels, "train_step", spy)
+    monkeypatch.setattr(kernels, "train_steps", spy)
     trainer = Trainer(model, x, y, epochs=2, batch_size=32, verbose=0,
                       validation_data=(x[:10], y[:10]),
                       on_epoch_end=lambda t: seen_at_epoch_end.append(blas._get_threads()))
@@ -257,10 +344,11 @@ def test_blas_keeps_its_thread_count_outside_the_steps(monkeypatch):
 
     # A run that fails in the middle of an epoch puts the count back too.
     def diverge(*args):
-        real_step(*args)
-        return float("nan"), 0
+        real_steps(*args)
+        args[LOSSES][0] = np.nan
+        return 1
 
-    monkeypatch.setattr(kernels, "train_step", diverge)
+    monkeypatch.setattr(kernels, "train_steps", diverge)
     with pytest.raises(TrainingDiverged):
         Trainer(model, x, y, epochs=1, batch_size=32, verbose=0).run()
     assert blas._get_threads() == before
@@ -341,7 +429,7 @@ def test_the_step_refuses_to_run_with_openblas_on_several_threads():
     trainer = Trainer(model, x, y, epochs=1, batch_size=32, verbose=0)
     trainer.run()
     with pytest.raises(RuntimeError, match="one_thread"):
-        trainer._threaded.step(trainer.x, trainer.y, np.arange(32), 1e-3)
+        trainer._threaded.steps(trainer.x, trainer.y, np.arange(32), [1e-3], np.inf)
 
 
 @needs_numba
@@ -501,7 +589,7 @@ def test_streaming_stores_give_the_same_step_bit_for_bit(threads, widths, misali
         for args in (plain, streamed):
             args[4] = tuple(_offset16(w) for w in args[4])
     streamed[STREAMING] = True
-    _assert_same_steps(plain, streamed, threads, steps=3)  # later steps start from streamed weights
+    _assert_same_steps(plain, streamed, threads, calls=3)  # later steps start from streamed weights
 
 
 def _streaming_assembly() -> str:
@@ -523,12 +611,7 @@ def test_the_streaming_adam_really_streams_and_fences():
 def test_too_small_a_scratch_falls_back_to_plain_stores():
     plain, small = _step_inputs(), _step_inputs()
     small[SCRATCH], small[STREAMING] = np.zeros((1, 16), np.float32), True  # 3 threads, 1 row
-    with blas.one_thread():
-        for args in (plain, small):
-            args.append(kernels.train_step(blas.SGEMM, 3, *args))
-    assert plain[-1] == small[-1]
-    for a, b in zip(plain[4], small[4]):
-        assert np.array_equal(a, b)
+    _assert_same_steps(plain, small, 3)
 
 
 @needs_numba
@@ -548,12 +631,17 @@ def test_weights_off_a_4_byte_boundary_take_the_layer_path(monkeypatch):
     assert trainer._threaded is None and np.isfinite(odd).all()
 
 
-def _period(chooser, plain_time, stream_time, rows=(128,) * 64):
+def _period(chooser, plain_time, stream_time, rows=None):
+    """One period of steps as the trainer takes them (as many per call as ``next``
+    allows); the kind of store of each step."""
+    rows = rows or [128] * chooser.PERIOD
     kinds = []
-    for k in range(chooser.PERIOD):
-        streaming = chooser.next()
-        kinds.append(streaming)
-        chooser.record(streaming, stream_time if streaming else plain_time, rows[k])
+    while len(kinds) < chooser.PERIOD:
+        streaming, count = chooser.next()
+        kinds += [streaming] * count
+        chooser.record(streaming, (stream_time if streaming else plain_time) * count,
+                       rows[len(kinds) - 1], count)
+    assert len(kinds) == chooser.PERIOD
     return kinds
 
 
@@ -572,26 +660,36 @@ def test_store_chooser_uses_the_median_of_its_trials():
     chooser = StoreChooser()
     times = {False: [1.0, 1.0, 9.0, 1.0], True: [0.5, 0.5, 0.5, 5.0]}  # one outlier each
     for k in range(2 * chooser.TRIAL):
-        streaming = chooser.next()
+        streaming, count = chooser.next()
+        assert count == 1  # trial steps are timed one by one
         chooser.record(streaming, times[streaming][k % chooser.TRIAL], 128)
-    assert chooser.streaming and chooser.next()
+    assert chooser.streaming and chooser.next() == (True, chooser.PERIOD - 2 * chooser.TRIAL)
 
 
 def test_store_chooser_counts_only_batches_of_the_first_trial_size():
     # Short batches take less time, but not in proportion: they must not decide.
     chooser = StoreChooser()
-    rows = [128, 40, 40, 40, 128, 128, 128, 128] + [128] * 56
+    rows = [128, 40, 40, 40, 128, 128, 128, 128]
     times = {128: 1.0, 40: 0.3}
-    kinds = []
-    for k in range(chooser.PERIOD):
-        streaming = chooser.next()
-        kinds.append(streaming)
+    for k in range(2 * chooser.TRIAL):
+        streaming, _ = chooser.next()
         chooser.record(streaming, times[rows[k]] * (0.95 if streaming else 1.0), rows[k])
     assert not chooser.streaming  # 5% faster streaming, on equal batches: stays plain
+    chooser.record(False, 1.0, 128, chooser.next()[1])  # the rest of the period
     # A period whose trial saw no plain sample of its size keeps the previous choice.
     chooser.streaming = True
-    _period(chooser, 1.0, 1.0, rows=[40, 40, 40, 40] + [128] * 60)
+    _period(chooser, 1.0, 1.0, rows=[40] * 4 + [128] * (chooser.PERIOD - 4))
     assert chooser.streaming
+
+
+def test_store_chooser_takes_no_sample_from_a_call_of_several_steps():
+    chooser = StoreChooser()
+    chooser.streaming = True
+    chooser.record(False, 0.5, 128, chooser.TRIAL)  # the plain trial steps in one fast call
+    for _ in range(chooser.TRIAL):
+        chooser.record(True, 0.8, 128)
+    # No plain sample: the previous choice stands (the call, as a sample, would end it).
+    assert chooser.count == 2 * chooser.TRIAL and chooser.streaming
 
 
 @needs_numba
@@ -601,3 +699,78 @@ def test_a_threaded_run_times_its_steps_for_the_chooser(monkeypatch):
                         epochs=2, batch_size=10)
     plan = trainer._threaded
     assert plan is not None and plan.stores.count == 60  # both epochs: carried over
+
+
+def _run_counting_calls(monkeypatch, build_trainer, one_per_call: bool):
+    """Run the trainer ``build_trainer()`` gives; returns it (or the TrainingDiverged
+    it raised) and the number of steps of each kernel call."""
+    monkeypatch.undo()
+    if one_per_call:
+        monkeypatch.setattr(ThreadedStep, "batches", lambda self: 1)
+    calls, real = [], kernels.train_steps
+
+    def counting(*args):
+        calls.append(len(args[LOSSES]))
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "train_steps", counting)
+    trainer = build_trainer()
+    try:
+        trainer.run()
+    except TrainingDiverged as exc:
+        return trainer, calls, str(exc)
+    return trainer, calls, None
+
+
+@needs_numba
+@pytest.mark.parametrize("own_rng", [False, True])
+def test_a_run_takes_the_same_steps_in_calls_of_many_as_in_calls_of_one(own_rng, monkeypatch):
+    # 130 rows in batches of 8: 16 full batches and a short one per epoch. Calls of
+    # several steps take the dropout keys (from the model's generator, or one
+    # dropout's own), rows, learning rates (warm-up, then cosine) and Adam's step
+    # count the single steps take.
+    x, y = _data(130, (12, 12), np.uint8)
+
+    def build():
+        model = Sequential(*ARCHITECTURES["images, two dropout blocks"][0](), seed=0)
+        if own_rng:
+            model.layers[3].rng = np.random.default_rng(9)  # the first Dropout
+        opt = Adam(model.parameters(), lr=3e-3, weight_decay=0.05)
+        return Trainer(model, x, y, optimizer=opt, epochs=3, batch_size=8, verbose=0, seed=1,
+                       lr_schedule="cosine", warmup_epochs=1)
+
+    (many, many_calls, _), (one, one_calls, _) = (
+        _run_counting_calls(monkeypatch, build, single) for single in (False, True))
+    assert max(many_calls) > 1 and set(one_calls) == {1} and sum(many_calls) == sum(one_calls)
+    assert many.history == {**one.history, "epoch_time": many.history["epoch_time"]}
+    for name, value in one.model.state_dict().items():
+        assert np.array_equal(many.model.state_dict()[name], value), name
+    for store in ("m", "v"):
+        for name, value in getattr(one.optimizer, store).items():
+            assert np.array_equal(getattr(many.optimizer, store)[name], value), (store, name)
+    assert (many.optimizer.step_count, many.optimizer.lr) == (one.optimizer.step_count,
+                                                              one.optimizer.lr)
+    for a, b in ((many.model.rng, one.model.rng),
+                 (many.model.layers[3].rng, one.model.layers[3].rng)):
+        assert a.bit_generator.state == b.bit_generator.state
+
+
+@needs_numba
+def test_a_loss_that_diverges_inside_a_call_stops_the_run_at_that_step(monkeypatch):
+    x, y = _data(130, (12, 12), np.float32)
+
+    def build(poisoned=None):
+        model = Sequential(*ARCHITECTURES["images, two dropout blocks"][0](), seed=0)
+        trainer = Trainer(model, x.copy(), y, epochs=1, batch_size=8, verbose=0, seed=1)
+        if poisoned is not None:
+            trainer.x[poisoned] = np.inf  # after the input checks: as if the data went bad
+        return trainer
+
+    probe, _, _ = _run_counting_calls(monkeypatch, build, False)
+    row = probe.perm[13 * 8]  # in step 14: in the call of steps 9-16 (after 8 single trial steps)
+    (many, many_calls, many_error), (one, _, one_error) = (
+        _run_counting_calls(monkeypatch, lambda: build(row), single) for single in (False, True))
+    assert many_calls[-1] == 8 and many_error == one_error and "epoch 1, step 14" in many_error
+    assert (many.batch, many.optimizer.step_count) == (one.batch, one.optimizer.step_count) == (13, 14)
+    for name, value in one.model.state_dict().items():
+        assert np.array_equal(many.model.state_dict()[name], value, equal_nan=True), name

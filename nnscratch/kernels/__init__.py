@@ -16,7 +16,7 @@ KERNEL_NAMES = (
     "add_bias", "relu_forward", "relu_backward", "dropout_forward", "multiply",
     "bias_relu_forward", "bias_relu_dropout_forward", "relu_bias_grad",
     "softmax_cross_entropy", "count_correct", "adam_update", "gather_scale", "shift_flip",
-    "train_step",
+    "train_steps",
 )
 
 
@@ -48,4 +48,4 @@ softmax_cross_entropy = _impl.softmax_cross_entropy
 adam_update = _impl.adam_update
 gather_scale = _impl.gather_scale
 shift_flip = _impl.shift_flip
-train_step = _impl.train_step
+train_steps = _impl.train_steps

@@ -291,6 +291,19 @@ def _gather_columns(src, idx, scale, out, c0, c1):
             row_out[j] = row_in[j] * scale
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _prefetch_columns(src, rows, c0, c1):
+    """Hint the CPU to load src[rows, c0:c1] into cache (a hint changes no value)."""
+    step = max(1, 64 // src.itemsize)
+    if c1 > c0:
+        for i in range(rows.shape[0]):
+            r = rows[i]
+            if 0 <= r < src.shape[0]:
+                for j in range(c0, c1, step):
+                    _prefetch(src, r, j)
+                _prefetch(src, r, c1 - 1)  # the band's last line, when it starts mid-line
+
+
 @njit(cache=True, error_model="numpy")
 def gather_scale(src, idx, scale, out):
     _gather_columns(src, idx, scale, out, 0, out.shape[1])
@@ -322,7 +335,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 #
 # One whole training step of an MLP in three parallel passes over Numba's threads.
 #
-# Read ``reference.train_step`` first: it computes the same step in plain NumPy
+# Read ``reference.train_steps`` first: it computes the same steps in plain NumPy
 # with the twin kernels. The network is Dense -> ReLU [-> Dropout] blocks and a
 # last Dense, trained with softmax cross-entropy and Adam. Each of the T threads
 # calls single-threaded BLAS on its share of every matrix product (OpenBLAS's own
@@ -340,7 +353,11 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 #     pass 2, rows i0:i1 of every layer's W (all rows of the batch are ready; for
 #     the first layer i0:i1 = c0:c1)
 #         dW[i0:i1] = a[:, i0:i1]^T @ dz  (BLAS),  then Adam on W[i0:i1] while
-#         dW[i0:i1] is in cache;  and for columns j0:j1, db = sum_n dz, Adam on b
+#         dW[i0:i1] is in cache (after the first layer's, a hint to fetch columns
+#         c0:c1 of the next step's rows);  and for columns j0:j1, db = sum_n dz,
+#         Adam on b
+#
+# ``train_steps`` runs K such steps per call from Python, one after another.
 #
 # Why the first layer is split by its input columns in pass 0: then each thread
 # reads only the rows of W0 that it updated itself in the previous step's pass
@@ -444,7 +461,7 @@ STREAM_CHUNK = 256  # weights per piece of the streaming update: the scratch row
 def _adam_streaming(wf, gf, mf, vf, head, scratch, beta1, c1, beta2, c2, eps, decay, step_size,
                     inv_sqrt_bc2, flush, zero):
     """Adam on wf..vf, the same values as the plain loop, but the new weights
-    leave through streaming stores (see ``train_step``): computed into
+    leave through streaming stores (see ``train_steps``): computed into
     ``scratch`` (in L1) a piece at a time and copied out 16 at once, except the
     first ``head`` (up to the first 64-byte boundary) and the last few, copied
     plainly. (Not inlined into the step: that made the first run, which compiles
@@ -540,7 +557,7 @@ def _rows_pass(sgemm, r0, r1, idx, y, weights, biases, acts, deltas, keys, thres
 
 @njit(cache=True, error_model="numpy")
 def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv, bm, bv,
-                  coef, scratch, streaming):
+                  coef, scratch, streaming, src, upcoming):
     """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases.
     Streaming stores (if ``streaming``) for every layer's weights but the first:
     thread t alone reads its rows of W0 (pass 0), so they had better stay in its cache."""
@@ -578,6 +595,13 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
                     wf[e], mf[e], vf[e] = _adam_element(
                         wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
                         inv_sqrt_bc2, flush, zero)
+        if layer == 0:
+            # The next step's gather reads rows scattered over the whole dataset
+            # (47 MB: cache and TLB misses): ask for this thread's columns of them
+            # now, so that their latency passes during the rest of this pass.
+            # (Measured: 0.988x the step's time; at the start of pass 1 they were
+            # mostly evicted again by this pass's streams: 0.995x.)
+            _prefetch_columns(src, upcoming, i0, i1)
         # The bias: columns j0:j1, summed over the batch row by row, as the
         # one-thread path sums them. Again over 1-D slices from 0 (measured:
         # ~15 us less per step of the reference model than indexing j0:j1).
@@ -598,18 +622,28 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
-               wm, wv, bm, bv, keys, thresholds, scales, coef, row_loss, scratch, streaming,
-               partials):
-    """One step; returns (mean loss, number of correct argmax predictions).
+def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
+                wm, wv, bm, bv, keys, thresholds, scales, coefs, row_loss, scratch, streaming,
+                partials, losses, corrects, loss_limit, prefetch):
+    """K training steps in one call, on K consecutive batches of N rows; returns
+    how many it took: K, or fewer when a step's mean loss is not <= ``loss_limit``
+    (NaN, inf or too large: that step was taken, and is the last).
 
+    Why several steps per call: each call from Python costs its own time (Numba
+    unboxes the ~30 arrays, starts the parallel region, and the Trainer's Python
+    runs in between), ~5% of a step of the reference model (measured in
+    ``benchmarks/threaded_step.py``); a loop here costs nothing.
+
+    ``idx`` (K N,) holds step s's rows of ``src`` at [s N, (s + 1) N); ``keys`` (K,
+    layers) and ``coefs`` (K, 9) are step s's dropout keys and ``Adam``'s
+    coefficients in row s; ``losses`` (K,) float64 and ``corrects`` (K,) int64
+    receive each step's mean loss and number of correct argmax predictions.
     ``acts`` = (batch, a_1, ..., logits) and ``deltas`` = (dz_0, ..., dlogits) are
     per-batch-size buffers (N rows); per layer l: ``weights[l]`` (in, out),
-    ``keys/thresholds/scales[l]`` its dropout (threshold 0 and scale 1: none),
+    ``thresholds/scales[l]`` its dropout (threshold 0 and scale 1: none),
     ``wgrads``/``bgrads`` the Dense layer's own gradient arrays, ``wm``... Adam's
-    moments. ``coef`` is ``Adam``'s coefficient array for this step. The parallel
-    loops only hand out the shares: the passes are ordinary functions (which
-    keeps Numba's compile of this one short).
+    moments. The parallel loops only hand out the shares: the passes are
+    ordinary functions (which keeps Numba's compile of this one short).
 
     ``streaming`` (with ``scratch``, a (threads, STREAM_CHUNK) float32 array)
     writes the new weights with streaming stores, which bypass the caches: the same
@@ -625,30 +659,47 @@ def train_step(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas
 
     ``partials`` is a (threads - 1, N, width of the first layer's output) float32
     array: the first layer's partial products of threads 1.. (pass 0).
+
+    ``prefetch``: each step but the last asks the CPU to start loading the next
+    step's rows (only a hint: no value changes; ``benchmarks/threaded_step.py``
+    times it off and on).
     """
-    n = idx.shape[0]
+    steps = losses.shape[0]
+    n = idx.shape[0] // steps if steps > 0 else 0
+    if steps == 0 or n == 0 or idx.shape[0] != steps * n or corrects.shape[0] != steps or (
+            keys.shape[0] < steps or coefs.shape[0] < steps or acts[0].shape[0] != n):
+        raise ValueError("train_steps: idx must hold K >= 1 batches of the buffers' N rows, "
+                         "and keys, coefs, losses and corrects K rows")
     if partials.shape[0] < threads - 1 or partials.shape[1] < n or (
             partials.shape[2] != weights[0].shape[1]):
-        raise ValueError("train_step: partials must be (threads - 1, N, first layer's width)")
+        raise ValueError("train_steps: partials must be (threads - 1, N, first layer's width)")
     partials = partials[:threads - 1]  # (a larger one's other entries are not this step's)
-    inv_n = coef.dtype.type(1.0 / n)
+    inv_n = coefs.dtype.type(1.0 / n)
     # Each thread's scratch row must hold a piece: with too small a scratch, plain stores.
     streaming = streaming and scratch.shape[0] >= threads and scratch.shape[1] >= STREAM_CHUNK
-    for t in prange(threads):
-        _inputs_pass(sgemm, t, threads, src, idx, scale, acts, weights, partials)
-    for t in prange(threads):
-        r0 = t * n // threads
-        r1 = (t + 1) * n // threads
-        if r1 > r0:
-            _rows_pass(sgemm, r0, r1, idx, y, weights, biases, acts, deltas, keys, thresholds,
-                       scales, row_loss, inv_n, partials)
-    for t in prange(threads):
-        _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv,
-                      bm, bv, coef, scratch, streaming)
-    # Summed in row order, in float64, as the loss kernel sums them.
-    total = 0.0
-    correct = 0
-    for i in range(n):
-        total += row_loss[i]
-        correct += int(row_loss[n + i])
-    return total / n, correct
+    for s in range(steps):
+        rows, step_keys, coef = idx[s * n:(s + 1) * n], keys[s], coefs[s]
+        # The next step's rows (none after the last): see ``_weights_pass``.
+        upcoming = idx[(s + 1) * n:(s + 2) * n] if prefetch else idx[:0]
+        for t in prange(threads):
+            _inputs_pass(sgemm, t, threads, src, rows, scale, acts, weights, partials)
+        for t in prange(threads):
+            r0 = t * n // threads
+            r1 = (t + 1) * n // threads
+            if r1 > r0:
+                _rows_pass(sgemm, r0, r1, rows, y, weights, biases, acts, deltas, step_keys,
+                           thresholds, scales, row_loss, inv_n, partials)
+        for t in prange(threads):
+            _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm,
+                          wv, bm, bv, coef, scratch, streaming, src, upcoming)
+        # Summed in row order, in float64, as the loss kernel sums them.
+        total = 0.0
+        correct = 0
+        for i in range(n):
+            total += row_loss[i]
+            correct += int(row_loss[n + i])
+        losses[s] = total / n
+        corrects[s] = correct
+        if not losses[s] <= loss_limit:  # NaN too: stop here, the caller reports it
+            return s + 1
+    return steps

@@ -9,6 +9,7 @@ float32 arrays stay float32 (NumPy 2 keeps ``float32 * float32-scalar`` float32)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,11 +30,17 @@ def flush_threshold(dtype: np.dtype, eps: float, inv_sqrt_bc2: float) -> float:
     subnormals) for an eps that small: below about 1e-10 in float32 in the
     first steps, about 3e-12 later; any sane eps in float64.
     """
-    dtype = np.dtype(dtype)
-    tiny = float(np.finfo(dtype).tiny)
-    if math.sqrt(tiny) * inv_sqrt_bc2 < float(np.spacing(dtype.type(eps))) / 2:
+    tiny, half_ulp_of_eps = _flush_limits(np.dtype(dtype), eps)
+    if math.sqrt(tiny) * inv_sqrt_bc2 < half_ulp_of_eps:
         return tiny
     return 0.0
+
+
+@functools.lru_cache(maxsize=16)
+def _flush_limits(dtype: np.dtype, eps: float) -> tuple[float, float]:
+    # Cached: the optimizer asks once per step, and NumPy's finfo and spacing
+    # cost ~1 us a call.
+    return float(np.finfo(dtype).tiny), float(np.spacing(dtype.type(eps))) / 2
 
 # The dropout mask is a pure function of (key, position), so both backends draw
 # the identical mask and a run is reproducible from the key alone. The mask is
@@ -240,19 +247,47 @@ def shift_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flipped: np.n
     out[...] = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def train_step(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scale: float,
-               y: np.ndarray, weights: tuple, biases: tuple, acts: tuple, deltas: tuple,
-               wgrads: tuple, bgrads: tuple, wm: tuple, wv: tuple, bm: tuple, bv: tuple,
-               keys: np.ndarray, thresholds: np.ndarray, scales: np.ndarray, coef: np.ndarray,
-               row_loss: np.ndarray, scratch: np.ndarray, streaming: bool,
-               partials: np.ndarray) -> tuple[float, int]:
+def train_steps(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scale: float,
+                y: np.ndarray, weights: tuple, biases: tuple, acts: tuple, deltas: tuple,
+                wgrads: tuple, bgrads: tuple, wm: tuple, wv: tuple, bm: tuple, bv: tuple,
+                keys: np.ndarray, thresholds: np.ndarray, scales: np.ndarray, coefs: np.ndarray,
+                row_loss: np.ndarray, scratch: np.ndarray, streaming: bool,
+                partials: np.ndarray, losses: np.ndarray, corrects: np.ndarray,
+                loss_limit: float, prefetch: bool) -> int:
+    """K training steps on K consecutive batches of N rows (``idx`` holds step s's
+    rows at [s N, (s + 1) N), ``keys[s]`` and ``coefs[s]`` its dropout keys and
+    Adam coefficients); each step's mean loss and correct count go to
+    ``losses[s]`` and ``corrects[s]``. Stops after the first step whose loss is
+    not <= ``loss_limit``; returns the number of steps taken. The Numba twin runs
+    them in one call to save the per-call cost; here it is just this loop.
+    ``sgemm``, ``threads``, ``row_loss``, ``scratch``, ``streaming``, ``partials``
+    and ``prefetch`` (a cache hint) are the Numba twin's and unused here (see
+    ``_train_step``)."""
+    steps = len(losses)
+    n = len(idx) // steps if steps else 0
+    if steps == 0 or n == 0 or len(idx) != steps * n or len(corrects) != steps or (
+            len(keys) < steps or len(coefs) < steps or len(acts[0]) != n):
+        raise ValueError("train_steps: idx must hold K >= 1 batches of the buffers' N rows, "
+                         "and keys, coefs, losses and corrects K rows")
+    for s in range(steps):
+        losses[s], corrects[s] = _train_step(src, idx[s * n:(s + 1) * n], scale, y, weights,
+                                             biases, acts, deltas, wgrads, bgrads, wm, wv, bm,
+                                             bv, keys[s], thresholds, scales, coefs[s])
+        if not losses[s] <= loss_limit:  # NaN too
+            return s + 1
+    return steps
+
+
+def _train_step(src: np.ndarray, idx: np.ndarray, scale: float, y: np.ndarray, weights: tuple,
+                biases: tuple, acts: tuple, deltas: tuple, wgrads: tuple, bgrads: tuple,
+                wm: tuple, wv: tuple, bm: tuple, bv: tuple, keys: np.ndarray,
+                thresholds: np.ndarray, scales: np.ndarray, coef: np.ndarray) -> tuple[float, int]:
     """One training step of Dense -> ReLU [-> Dropout] blocks and a last Dense,
     softmax cross-entropy and Adam, exactly as ``Trainer`` runs it layer by
-    layer, here in one function (``sgemm``, ``threads``, ``row_loss``,
-    ``scratch``, ``streaming`` and ``partials`` are the Numba twin's: it splits
-    the same work between threads, sums the first layer's product from the
-    threads' pieces, and may write the weights with streaming stores, which
-    changes no value; see the last section of ``fused.py``).
+    layer, here in one function. (The Numba twin splits the same work between
+    threads, sums the first layer's product from the threads' pieces, and may
+    write the weights with streaming stores, which changes no value; see the
+    last section of ``fused.py``.)
 
     Per layer l: a_{l+1} = relu(a_l @ W_l + b_l) * mask_l (the last: a_l @ W_l + b_l,
     the logits); dz of the last layer is dL/dlogits; below it
