@@ -3,7 +3,7 @@
     python benchmarks/threaded_step.py [CHUNKS]     # default 8 chunks of each kind
 
 Times, in chunks of 100 steps of the reference model (784-256-128-10, dropout
-0.2, batch 128) on the real training images, interleaved so that all six see
+0.2, batch 128) on the real training images, interleaved so that all five see
 the same phases of the machine:
 
   floor     the 8 matrix products of a step (np.matmul into preallocated
@@ -17,15 +17,12 @@ the same phases of the machine:
             the Python around them), several steps per kernel call
             (``ThreadedStep.batches``: 1 while the store kinds are timed, 8 of
             every 64 steps, else the rest of the 64)
-  unhinted  the same, without the hint that fetches the next step's rows
-            (``ThreadedStep.prefetch = False``)
-  one-call  the same as threaded, one step per kernel call
+  one-call  the same, one step per kernel call
   layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
 
 and prints each one's median microseconds per step and its ratio to the floor
 in the same round. threaded - split is what the step adds to its products;
-one-call - threaded what a call from Python costs; unhinted / threaded what
-the hint saves.
+one-call - threaded what a call from Python costs.
 """
 
 from __future__ import annotations
@@ -145,8 +142,7 @@ def main() -> None:
         # batch's rows come from memory (the dataset, 47 MB, outgrows the cache).
         nonlocal perm
         perm = shuffles.permutation(len(x))
-        trainer._threaded = plan if kind in ("threaded", "unhinted", "one-call") else None
-        plan.prefetch = kind != "unhinted"
+        trainer._threaded = plan if kind in ("threaded", "one-call") else None
         started = time.perf_counter()
         if kind in ("floor", "split"):
             with blas.one_thread() if kind == "split" else contextlib.nullcontext():
@@ -156,13 +152,13 @@ def main() -> None:
             layers(k0)
         else:
             with blas.one_thread():
-                if kind in ("threaded", "unhinted"):
+                if kind == "threaded":
                     threaded_steps(trainer, rows(k0))
                 else:
                     one_call(k0)
         return (time.perf_counter() - started) / 100 * 1e6
 
-    kinds = ("floor", "split", "threaded", "unhinted", "one-call", "layers")
+    kinds = ("floor", "split", "threaded", "one-call", "layers")
     for kind in kinds:  # warm-up: compile, fill caches
         chunk(kind, 0)
     times: dict[str, list[float]] = {kind: [] for kind in kinds}

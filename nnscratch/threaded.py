@@ -152,7 +152,6 @@ class ThreadedStep:
         self.scales = np.ones(len(dense), np.float32)
         self.scratch = aligned.zeros((threads, fused.STREAM_CHUNK), np.float32)  # streaming stores
         self.stores = StoreChooser()
-        self.prefetch = True  # the next step's rows (a hint; off only to time it)
         self._buffers: dict = {}
         self._last_n, self._last = -1, ()
 
@@ -267,7 +266,7 @@ class ThreadedStep:
             blas.SGEMM, self.threads, src, idx, scale, y, self.weights, self.biases,
             acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
             keys, self.thresholds, self.scales, coefs, row_loss, self.scratch, streaming,
-            partials, losses, corrects, float(loss_limit), self.prefetch)
+            partials, losses, corrects, float(loss_limit))
         self.stores.record(streaming, time.perf_counter() - started, n, done)
         opt.step_count += done
         opt.lr = lrs[done - 1]

@@ -120,12 +120,12 @@ def _step_inputs(seed=0, n=50, widths=(144, 40, 24, 10), p=0.25, steps=1):
             keys, thresholds, scales, coefs, np.zeros(2 * n),
             np.zeros((3, fused.STREAM_CHUNK), np.float32), False,
             np.full((2, n, widths[1]), np.nan, np.float32),  # partials: up to 3 threads
-            np.full(steps, np.nan), np.full(steps, -1, np.int64), np.inf, True]
+            np.full(steps, np.nan), np.full(steps, -1, np.int64), np.inf]
 
 
 # positions in _step_inputs' list
 IDX, KEYS, COEFS = 1, 14, 17
-SCRATCH, STREAMING, PARTIALS, LOSSES, CORRECTS, LIMIT, PREFETCH = range(-7, 0)
+SCRATCH, STREAMING, PARTIALS, LOSSES, CORRECTS, LIMIT = range(-6, 0)
 
 
 def _assert_same_steps(plain: list, other: list, threads: int, calls: int = 1) -> None:
@@ -173,9 +173,8 @@ def _module_for(backend):
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_several_steps_in_one_call_are_the_steps_one_call_each(backend):
-    # Each step takes its own rows, dropout keys and Adam coefficients from row s;
-    # on the Numba backend also with the hint for the next step's rows, which
-    # must change nothing. The NumPy twin is the loop itself.
+    # Each step takes its own rows, dropout keys and Adam coefficients from row s.
+    # (The NumPy twin is the loop itself.)
     steps = _module_for(backend).train_steps
     together, apart = _step_inputs(steps=4), _step_inputs(steps=4)
     n = len(together[IDX]) // 4
@@ -186,7 +185,6 @@ def test_several_steps_in_one_call_are_the_steps_one_call_each(backend):
             one[IDX] = apart[IDX][s * n:(s + 1) * n]
             one[KEYS], one[COEFS] = apart[KEYS][s:s + 1], apart[COEFS][s:s + 1]
             one[LOSSES], one[CORRECTS] = apart[LOSSES][s:s + 1], apart[CORRECTS][s:s + 1]
-            one[PREFETCH] = False
             assert steps(blas.SGEMM, 2, *one) == 1
     for position in [*range(4, 16), LOSSES, CORRECTS]:
         for a, b in zip(together[position], apart[position]):

@@ -291,19 +291,6 @@ def _gather_columns(src, idx, scale, out, c0, c1):
             row_out[j] = row_in[j] * scale
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _prefetch_columns(src, rows, c0, c1):
-    """Hint the CPU to load src[rows, c0:c1] into cache (a hint changes no value)."""
-    step = max(1, 64 // src.itemsize)
-    if c1 > c0:
-        for i in range(rows.shape[0]):
-            r = rows[i]
-            if 0 <= r < src.shape[0]:
-                for j in range(c0, c1, step):
-                    _prefetch(src, r, j)
-                _prefetch(src, r, c1 - 1)  # the band's last line, when it starts mid-line
-
-
 @njit(cache=True, error_model="numpy")
 def gather_scale(src, idx, scale, out):
     _gather_columns(src, idx, scale, out, 0, out.shape[1])
@@ -353,9 +340,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 #     pass 2, rows i0:i1 of every layer's W (all rows of the batch are ready; for
 #     the first layer i0:i1 = c0:c1)
 #         dW[i0:i1] = a[:, i0:i1]^T @ dz  (BLAS),  then Adam on W[i0:i1] while
-#         dW[i0:i1] is in cache (after the first layer's, a hint to fetch columns
-#         c0:c1 of the next step's rows);  and for columns j0:j1, db = sum_n dz,
-#         Adam on b
+#         dW[i0:i1] is in cache;  and for columns j0:j1, db = sum_n dz, Adam on b
 #
 # ``train_steps`` runs K such steps per call from Python, one after another.
 #
@@ -557,7 +542,7 @@ def _rows_pass(sgemm, r0, r1, idx, y, weights, biases, acts, deltas, keys, thres
 
 @njit(cache=True, error_model="numpy")
 def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm, wv, bm, bv,
-                  coef, scratch, streaming, src, upcoming):
+                  coef, scratch, streaming):
     """Pass 2 for thread t of T: its rows of every dW, then Adam on them; its biases.
     Streaming stores (if ``streaming``) for every layer's weights but the first:
     thread t alone reads its rows of W0 (pass 0), so they had better stay in its cache."""
@@ -595,13 +580,6 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
                     wf[e], mf[e], vf[e] = _adam_element(
                         wf[e], gf[e], mf[e], vf[e], beta1, c1, beta2, c2, eps, decay, step_size,
                         inv_sqrt_bc2, flush, zero)
-        if layer == 0:
-            # The next step's gather reads rows scattered over the whole dataset
-            # (47 MB: cache and TLB misses): ask for this thread's columns of them
-            # now, so that their latency passes during the rest of this pass.
-            # (Measured: 0.988x the step's time; at the start of pass 1 they were
-            # mostly evicted again by this pass's streams: 0.995x.)
-            _prefetch_columns(src, upcoming, i0, i1)
         # The bias: columns j0:j1, summed over the batch row by row, as the
         # one-thread path sums them. Again over 1-D slices from 0 (measured:
         # ~15 us less per step of the reference model than indexing j0:j1).
@@ -624,7 +602,7 @@ def _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgra
 @njit(cache=True, error_model="numpy", parallel=True)
 def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, deltas, wgrads, bgrads,
                 wm, wv, bm, bv, keys, thresholds, scales, coefs, row_loss, scratch, streaming,
-                partials, losses, corrects, loss_limit, prefetch):
+                partials, losses, corrects, loss_limit):
     """K training steps in one call, on K consecutive batches of N rows; returns
     how many it took: K, or fewer when a step's mean loss is not <= ``loss_limit``
     (NaN, inf or too large: that step was taken, and is the last).
@@ -659,10 +637,6 @@ def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, delta
 
     ``partials`` is a (threads - 1, N, width of the first layer's output) float32
     array: the first layer's partial products of threads 1.. (pass 0).
-
-    ``prefetch``: each step but the last asks the CPU to start loading the next
-    step's rows (only a hint: no value changes; ``benchmarks/threaded_step.py``
-    times it off and on).
     """
     steps = losses.shape[0]
     n = idx.shape[0] // steps if steps > 0 else 0
@@ -679,8 +653,6 @@ def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, delta
     streaming = streaming and scratch.shape[0] >= threads and scratch.shape[1] >= STREAM_CHUNK
     for s in range(steps):
         rows, step_keys, coef = idx[s * n:(s + 1) * n], keys[s], coefs[s]
-        # The next step's rows (none after the last): see ``_weights_pass``.
-        upcoming = idx[(s + 1) * n:(s + 2) * n] if prefetch else idx[:0]
         for t in prange(threads):
             _inputs_pass(sgemm, t, threads, src, rows, scale, acts, weights, partials)
         for t in prange(threads):
@@ -691,7 +663,7 @@ def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, delta
                            thresholds, scales, row_loss, inv_n, partials)
         for t in prange(threads):
             _weights_pass(sgemm, t, threads, weights, biases, acts, deltas, wgrads, bgrads, wm,
-                          wv, bm, bv, coef, scratch, streaming, src, upcoming)
+                          wv, bm, bv, coef, scratch, streaming)
         # Summed in row order, in float64, as the loss kernel sums them.
         total = 0.0
         correct = 0

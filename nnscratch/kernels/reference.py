@@ -253,16 +253,15 @@ def train_steps(sgemm: int, threads: int, src: np.ndarray, idx: np.ndarray, scal
                 keys: np.ndarray, thresholds: np.ndarray, scales: np.ndarray, coefs: np.ndarray,
                 row_loss: np.ndarray, scratch: np.ndarray, streaming: bool,
                 partials: np.ndarray, losses: np.ndarray, corrects: np.ndarray,
-                loss_limit: float, prefetch: bool) -> int:
+                loss_limit: float) -> int:
     """K training steps on K consecutive batches of N rows (``idx`` holds step s's
     rows at [s N, (s + 1) N), ``keys[s]`` and ``coefs[s]`` its dropout keys and
     Adam coefficients); each step's mean loss and correct count go to
     ``losses[s]`` and ``corrects[s]``. Stops after the first step whose loss is
     not <= ``loss_limit``; returns the number of steps taken. The Numba twin runs
     them in one call to save the per-call cost; here it is just this loop.
-    ``sgemm``, ``threads``, ``row_loss``, ``scratch``, ``streaming``, ``partials``
-    and ``prefetch`` (a cache hint) are the Numba twin's and unused here (see
-    ``_train_step``)."""
+    ``sgemm``, ``threads``, ``row_loss``, ``scratch``, ``streaming`` and
+    ``partials`` are the Numba twin's and unused here (see ``_train_step``)."""
     steps = len(losses)
     n = len(idx) // steps if steps else 0
     if steps == 0 or n == 0 or len(idx) != steps * n or len(corrects) != steps or (
