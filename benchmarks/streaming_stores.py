@@ -9,7 +9,8 @@ weights
 
   plain      with ordinary stores, always
   streaming  with streaming stores (they bypass the caches), always
-  chooser    as nnscratch does: timing both every 64 steps and picking
+  chooser    as nnscratch does: timing both every 256 steps (64 before
+             e76b96f's calls of several steps) and picking
 
 timed in chunks of 100 steps, interleaved round by round (order reversed every
 other round). Every round is printed, because this VM's phases (minutes long)

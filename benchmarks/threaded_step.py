@@ -16,7 +16,7 @@ the same phases of the machine:
             plus gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, and
             the Python around them), several steps per kernel call
             (``ThreadedStep.batches``: 1 while the store kinds are timed, 8 of
-            every 64 steps, else the rest of the 64)
+            every 256 steps, else up to 64)
   one-call  the same, one step per kernel call
   layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
 
