@@ -42,11 +42,11 @@ class FixedStores(StoreChooser):
 
 def threaded_steps(trainer: nn.Trainer, rows: np.ndarray) -> None:
     """The trainer's threaded steps on ``rows`` (whole batches), as ``Trainer`` takes
-    them: as many per kernel call as its plan asks for (``ThreadedStep.batches``)."""
+    them: as many per kernel call as its plan asks for (``ThreadedStep.next_call_size``)."""
     done, total = 0, len(rows) // BATCH
     while done < total:
-        count = min(trainer._threaded.batches(), total - done)
-        trainer._take_threaded_steps(rows[done * BATCH:(done + count) * BATCH], count)
+        count = min(trainer._threaded.next_call_size(), total - done)
+        trainer._run_threaded(rows[done * BATCH:(done + count) * BATCH], count)
         done += count
 
 

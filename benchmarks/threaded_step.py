@@ -15,8 +15,8 @@ the same phases of the machine:
   threaded  the whole threaded step as ``Trainer`` takes it (the same products
             plus gather, bias/ReLU/dropout, loss, dz, bias gradients, Adam, and
             the Python around them), several steps per kernel call
-            (``ThreadedStep.batches``: 1 while the store kinds are timed, 8 of
-            every 256 steps, else up to 64)
+            (``ThreadedStep.next_call_size``: 1 while the store kinds are timed, 8 of
+            every 256 steps, else up to 64, ~50 ms of steps)
   one-call  the same, one step per kernel call
   layers    the layer-by-layer step (``NNSCRATCH_THREADED_STEP=0`` path)
 
@@ -134,7 +134,7 @@ def main() -> None:
     def one_call(k: int) -> None:
         chunk_rows = rows(k)
         for b in range(100):
-            trainer._take_threaded_steps(chunk_rows[b * BATCH:(b + 1) * BATCH], 1)
+            trainer._run_threaded(chunk_rows[b * BATCH:(b + 1) * BATCH], 1)
 
     def chunk(kind: str, k0: int) -> float:
         # A new shuffle for every chunk, so that a chunk does not find its rows in

@@ -124,10 +124,10 @@ class StoreChooser:
 class ThreadedStep:
     """The arrays ``kernels.train_steps`` works on, gathered once per run."""
 
-    # Most steps per kernel call: each call costs ~5% of a step of the reference
-    # model (benchmarks/threaded_step.py), so calls take many; a stop request is
-    # seen between calls, within ~60 ms.
-    MOST_STEPS = 64
+    # Steps per kernel call: each call costs ~40 us, ~5% of a step of the
+    # reference model (benchmarks/threaded_step.py), so calls take several; a
+    # stop request is seen between calls, so a call lasts ~CALL_SECONDS at most.
+    MOST_STEPS, CALL_SECONDS = 64, 0.05
 
     def __init__(self, model, optimizer: Adam, dense: list[Dense], dropouts: list,
                  threads: int, widths: list[int]) -> None:
@@ -152,6 +152,7 @@ class ThreadedStep:
         self.scales = np.ones(len(dense), np.float32)
         self.scratch = aligned.zeros((threads, fused.STREAM_CHUNK), np.float32)  # streaming stores
         self.stores = StoreChooser()
+        self._step_seconds = 0.0  # the last call's time per step (0: none yet)
         self._buffers: dict = {}
         self._last_n, self._last = -1, ()
 
@@ -220,39 +221,43 @@ class ThreadedStep:
             self._last_n = n
         return self._last
 
-    def batches(self) -> int:
-        """How many batches the next ``steps`` call should take at most: one while
-        the store kinds are timed, else up to ``MOST_STEPS``."""
-        return min(self.stores.next()[1], self.MOST_STEPS)
+    def next_call_size(self) -> int:
+        """How many steps the next ``steps`` call should take at most: one while the
+        store kinds are timed; else as many as take ~``CALL_SECONDS`` at the last
+        call's pace (so that a stop request waits little), at most ``MOST_STEPS``."""
+        size = min(self.stores.next()[1], self.MOST_STEPS)
+        if self._step_seconds > 0:
+            size = min(size, max(1, int(self.CALL_SECONDS / self._step_seconds)))
+        return size
 
     def steps(self, x: np.ndarray, y: np.ndarray, idx: np.ndarray, lrs: list[float],
               loss_limit: float) -> tuple[np.ndarray, np.ndarray]:
         """Training steps on ``len(lrs)`` consecutive batches of equal size, whose
         rows of (x, y) ``idx`` lists one batch after another, step s at learning
         rate ``lrs[s]``; returns each step's mean loss and number of correct
-        predictions. It stops after the first step whose loss is not <=
-        ``loss_limit`` (the arrays then end with it). The dropout keys are drawn,
-        in step and then layer order, as the blocks draw them, and Adam's step
-        count advances as in ``Adam.step``. The steps are timed for
-        ``self.stores``, which picks plain or streaming stores for the weights."""
+        predictions (views of buffers that the next call overwrites). It stops
+        after the first step whose loss is not <= ``loss_limit`` (the arrays then
+        end with it). The dropout keys are drawn, in step and then layer order, as
+        the blocks draw them, and Adam's step count advances as in ``Adam.step``:
+        everything as ``len(lrs)`` calls of one step would leave it, also when
+        the call stops early. The steps are timed for ``self.stores``, which picks
+        plain or streaming stores for the weights."""
         count = len(lrs)
         if not 1 <= count <= self.MOST_STEPS or len(idx) % count:
             raise ValueError(f"ThreadedStep.steps: {len(idx)} rows in {count} batches (at most "
                              f"{self.MOST_STEPS})")
-        keys = self._keys[:count]
-        # Each dropout gets the keys it would draw itself, step by step in layer
-        # order; one array per generator for several steps (a Generator gives
-        # the same numbers in an array as one by one, and one call is cheaper).
-        for rng, columns in self._draws():
-            if count == 1:
-                for column in columns:
-                    keys[0, column] = rng.integers(0, 2**63)
-            else:
-                drawn = rng.integers(0, 2**63, size=count * len(columns))
-                for j, column in enumerate(columns):
-                    keys[:, column] = drawn[j::len(columns)]
         if blas.thread_count() != 1:  # each thread calls BLAS: OpenBLAS's own pool must be off
             raise RuntimeError("ThreadedStep.steps runs inside blas.one_thread() only")
+        self._set_dropout()
+        generators = self._generators()
+        before = [rng.bit_generator.state for rng, _ in generators]
+        keys = self._keys[:count]
+        for rng, columns in generators:
+            # The keys the layers drawing from rng would draw, step by step in layer
+            # order: a Generator gives the same numbers in an array as one by one.
+            drawn = rng.integers(0, 2**63, size=count * len(columns))
+            for j, column in enumerate(columns):
+                keys[:, column] = drawn[j::len(columns)]
         opt = self.optimizer
         coefs = opt._coefficient_rows(np.dtype(np.float32), lrs, opt.step_count + 1)
         n = len(idx) // count
@@ -267,20 +272,36 @@ class ThreadedStep:
             acts, deltas, self.wgrads, self.bgrads, self.wm, self.wv, self.bm, self.bv,
             keys, self.thresholds, self.scales, coefs, row_loss, self.scratch, streaming,
             partials, losses, corrects, float(loss_limit))
-        self.stores.record(streaming, time.perf_counter() - started, n, done)
+        seconds = time.perf_counter() - started
         opt.step_count += done
         opt.lr = lrs[done - 1]
+        if done < count:  # stopped early: the generators as the steps taken leave them
+            for (rng, columns), state in zip(generators, before):
+                rng.bit_generator.state = state
+                rng.integers(0, 2**63, size=done * len(columns))
+        self.stores.record(streaming, seconds, n, done)
+        self._step_seconds = seconds / done
         return losses[:done], corrects[:done]
 
-    def _draws(self) -> list[tuple[np.random.Generator, list[int]]]:
-        """Each dropout generator, with the layers that draw from it (in order);
-        sets the thresholds and scales of this call's steps."""
-        draws: dict[int, tuple[np.random.Generator, list[int]]] = {}
-        for i, dropout in enumerate(self.dropouts):
-            if dropout is not None and dropout.training and dropout.p > 0.0:
-                draws.setdefault(id(dropout.rng), (dropout.rng, []))[1].append(i)
-                self.thresholds[i] = round(dropout.p * 2**24)
-                self.scales[i] = 1.0 / (1.0 - dropout.p)
-            else:
-                self.thresholds[i], self.scales[i] = 0, 1.0
-        return list(draws.values())
+    def _dropping(self) -> list[int]:
+        """The layers whose dropout draws a key at each step, as ``Dropout.forward``
+        does: in training, with p > 0."""
+        return [i for i, d in enumerate(self.dropouts)
+                if d is not None and d.training and d.p > 0.0]
+
+    def _set_dropout(self) -> None:
+        """Each layer's dropout threshold and scale for this call (none: 0 and 1)."""
+        self.thresholds[:], self.scales[:] = 0, 1.0
+        for i in self._dropping():
+            self.thresholds[i] = round(self.dropouts[i].p * 2**24)
+            self.scales[i] = 1.0 / (1.0 - self.dropouts[i].p)
+
+    def _generators(self) -> list[tuple[np.random.Generator, list[int]]]:
+        """The generators the dropping layers draw their keys from, each with those
+        layers (in order). Grouped by bit generator: two Generators over one share
+        its stream."""
+        groups: dict[int, tuple[np.random.Generator, list[int]]] = {}
+        for i in self._dropping():
+            rng = self.dropouts[i].rng
+            groups.setdefault(id(rng.bit_generator), (rng, []))[1].append(i)
+        return list(groups.values())

@@ -38,7 +38,8 @@ class Trainer:
     and walks it in batches; each step is forward, loss, backward, Adam.
     ``stop_requested`` (set e.g. from a signal handler) makes ``run`` raise
     ``TrainingInterrupted`` after the current step (the threaded step's: after
-    its current call, at most 64 steps, ~60 ms); ``on_epoch_end(trainer)``
+    its current call, whose steps take ~50 ms at most, or one step when that
+    is longer); ``on_epoch_end(trainer)``
     runs after each finished epoch (the CLI writes checkpoints there).
     ``augment(batch, rng)``, if given, transforms each training batch.
     """
@@ -235,29 +236,42 @@ class Trainer:
         self.correct += kernels.count_correct(logits, yb)
         return loss
 
-    def _threaded_batches(self) -> int:
-        """How many of the epoch's next batches the threaded step takes in its next
-        call: those of full size, at most as many as the plan asks (``ThreadedStep.batches``);
-        the run's first step alone (its time is the time to the first batch)."""
+    def _next_call_size(self) -> int:
+        """How many of the epoch's next batches the threaded step's next call takes:
+        those of full size, at most as many as the plan asks for
+        (``ThreadedStep.next_call_size``); the run's first step alone (its time is
+        the time to the first batch)."""
         if self.first_step_done is None:
             return 1
         full = len(self.x) // self.batch_size - self.batch
-        return max(1, min(full, self._threaded.batches()))
+        return max(1, min(full, self._threaded.next_call_size()))
 
-    def _threaded_steps(self) -> None:
+    def _threaded_call(self) -> None:
         """The threaded step's next call: several steps when it may, the short last
-        batch alone; each step is then counted as ``_count_step`` counts it."""
+        batch alone."""
         start = self.batch * self.batch_size
-        count = self._threaded_batches()
-        self._take_threaded_steps(self.perm[start:start + count * self.batch_size], count)
+        count = self._next_call_size()
+        self._run_threaded(self.perm[start:start + count * self.batch_size], count)
 
-    def _take_threaded_steps(self, idx: np.ndarray, count: int) -> None:
-        """``count`` threaded steps on the rows ``idx``, one batch after another."""
-        lrs = [self._learning_rate(ahead) for ahead in range(count)]
-        losses, corrects = self._threaded.steps(self.x, self.y, idx, lrs, self.loss_limit)
+    def _run_threaded(self, idx: np.ndarray, count: int) -> None:
+        """Up to ``count`` threaded steps on the rows ``idx`` (one batch after
+        another), each then counted by ``_count_step`` as the layer path counts its
+        steps. Fewer when the schedule fails at a later one of them: the call
+        stops before it, and the next call, which starts there, raises."""
+        lrs: list[float] = []
+        for ahead in range(count):
+            try:
+                lrs.append(self._learning_rate(ahead))
+            except Exception:  # noqa: BLE001 - raised again by the next call, at its own step
+                if not lrs:
+                    raise
+                break
+        rows = len(idx) // count
+        losses, corrects = self._threaded.steps(self.x, self.y, idx[:len(lrs) * rows], lrs,
+                                                self.loss_limit)
         self.correct += int(corrects.sum())
         for loss in losses.tolist():
-            self._count_step(loss, len(idx) // count)
+            self._count_step(loss, rows)
 
     def _count_step(self, loss: float, rows: int) -> None:
         """Account for the step just taken on ``rows`` rows (either path)."""
@@ -313,7 +327,7 @@ class Trainer:
             # The threaded step, unless another Python thread has raised OpenBLAS's
             # thread count meanwhile (then this step goes layer by layer).
             if self._threaded is not None and blas.thread_count() == 1:
-                self._threaded_steps()
+                self._threaded_call()
             else:
                 idx = self.perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
                 self._count_step(self._step(idx), len(idx))

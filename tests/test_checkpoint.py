@@ -14,6 +14,7 @@ from nnscratch import Adam, Dense, Dropout, Flatten, ReLU, Sequential, Trainer, 
 from nnscratch.augment import RandomShiftFlip
 from nnscratch.checkpoint import load_checkpoint, save_checkpoint
 from nnscratch.io import ModelFileError, load, save
+from nnscratch.threaded import StoreChooser
 
 try:
     from . import helpers  # when tests/ is a package
@@ -45,6 +46,13 @@ def make_config(**changes: Any) -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(autouse=True)
+def calls_of_several_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One timed trial step of each store kind instead of four, so that even these
+    short runs take calls of several threaded steps (from their third step on)."""
+    monkeypatch.setattr(StoreChooser, "TRIAL", 1)
+
+
 class StoppingTrainer(Trainer):
     """Requests a stop after step ``stop_at_step`` of this run or at the end of
     epoch ``stop_at_epoch_end`` (1-based), the way a signal handler would. (The
@@ -59,8 +67,8 @@ class StoppingTrainer(Trainer):
             return None
         return self.stop_at_step - (self.optimizer.step_count - self.first_step)
 
-    def _threaded_batches(self) -> int:
-        count = super()._threaded_batches()
+    def _next_call_size(self) -> int:
+        count = super()._next_call_size()
         left = self._steps_to_stop()
         return min(count, left) if left is not None and left > 0 else count
 

@@ -588,6 +588,10 @@ def test_streaming_stores_give_the_same_step_bit_for_bit(threads, widths, misali
             args[4] = tuple(_offset16(w) for w in args[4])
     streamed[STREAMING] = True
     _assert_same_steps(plain, streamed, threads, calls=3)  # later steps start from streamed weights
+    # And within a call: later steps start from the weights the earlier ones streamed.
+    plain, streamed = _step_inputs(widths=widths, steps=4), _step_inputs(widths=widths, steps=4)
+    streamed[STREAMING] = True
+    _assert_same_steps(plain, streamed, threads)
 
 
 def _streaming_assembly() -> str:
@@ -704,7 +708,7 @@ def _run_counting_calls(monkeypatch, build_trainer, one_per_call: bool):
     it raised) and the number of steps of each kernel call."""
     monkeypatch.undo()
     if one_per_call:
-        monkeypatch.setattr(ThreadedStep, "batches", lambda self: 1)
+        monkeypatch.setattr(ThreadedStep, "next_call_size", lambda self: 1)
     calls, real = [], kernels.train_steps
 
     def counting(*args):
@@ -720,37 +724,62 @@ def _run_counting_calls(monkeypatch, build_trainer, one_per_call: bool):
     return trainer, calls, None
 
 
+def _assert_same_state(a: Trainer, b: Trainer) -> None:
+    """Two trainers' states are the same bit for bit, all but the epochs' times."""
+    sa, sb = a.state_dict(), b.state_dict()
+    for state in (sa, sb):
+        state["history"].pop("epoch_time")
+        state.pop("elapsed")
+    for key in ("model", "best"):
+        for name, value in (sb[key] or {}).get("weights", sb[key] or {}).items():
+            assert np.array_equal((sa[key] or {}).get("weights", sa[key] or {})[name], value,
+                                  equal_nan=True), (key, name)
+    for store in ("m", "v"):
+        for name, value in sb["optimizer"][store].items():
+            assert np.array_equal(sa["optimizer"][store][name], value, equal_nan=True), (store, name)
+    rest = [k for k in sb if k not in ("model", "best", "optimizer", "perm")]
+    assert {k: sa[k] for k in rest} == {k: sb[k] for k in rest}
+    assert np.array_equal(sa["perm"], sb["perm"])
+    assert {k: v for k, v in sa["optimizer"].items() if k not in "mv"} == \
+        {k: v for k, v in sb["optimizer"].items() if k not in "mv"}
+
+
+def _fewer_trials(monkeypatch) -> None:
+    # One timed trial step of each store kind: calls of several steps from step 4 on.
+    monkeypatch.setattr(StoreChooser, "TRIAL", 1)
+
+
 @needs_numba
-@pytest.mark.parametrize("own_rng", [False, True])
-def test_a_run_takes_the_same_steps_in_calls_of_many_as_in_calls_of_one(own_rng, monkeypatch):
+@pytest.mark.parametrize("generators", ["the model's", "one of its own", "one bit generator"])
+def test_a_run_takes_the_same_steps_in_calls_of_many_as_in_calls_of_one(generators, monkeypatch):
     # 130 rows in batches of 8: 16 full batches and a short one per epoch. Calls of
-    # several steps take the dropout keys (from the model's generator, or one
-    # dropout's own), rows, learning rates (warm-up, then cosine) and Adam's step
-    # count the single steps take.
+    # several steps take the dropout keys (from the model's generator, from one
+    # dropout's own, or from two Generators over one bit generator, whose stream
+    # they share), rows, learning rates (warm-up, then cosine) and Adam's step
+    # count that the single steps take.
     x, y = _data(130, (12, 12), np.uint8)
 
     def build():
+        _fewer_trials(monkeypatch)
         model = Sequential(*ARCHITECTURES["images, two dropout blocks"][0](), seed=0)
-        if own_rng:
-            model.layers[3].rng = np.random.default_rng(9)  # the first Dropout
         opt = Adam(model.parameters(), lr=3e-3, weight_decay=0.05)
-        return Trainer(model, x, y, optimizer=opt, epochs=3, batch_size=8, verbose=0, seed=1,
-                       lr_schedule="cosine", warmup_epochs=1)
+        trainer = Trainer(model, x, y, optimizer=opt, epochs=3, batch_size=8, verbose=0,
+                          seed=1, lr_schedule="cosine", warmup_epochs=1)
+        dropouts = [model.layers[3], model.layers[6]]
+        if generators == "one of its own":  # (after the Trainer, which would replace it)
+            dropouts[0].rng = np.random.default_rng(9)
+        elif generators == "one bit generator":
+            shared = np.random.PCG64(9)
+            dropouts[0].rng, dropouts[1].rng = np.random.Generator(shared), np.random.Generator(shared)
+        return trainer
 
     (many, many_calls, _), (one, one_calls, _) = (
         _run_counting_calls(monkeypatch, build, single) for single in (False, True))
     assert max(many_calls) > 1 and set(one_calls) == {1} and sum(many_calls) == sum(one_calls)
-    assert many.history == {**one.history, "epoch_time": many.history["epoch_time"]}
-    for name, value in one.model.state_dict().items():
-        assert np.array_equal(many.model.state_dict()[name], value), name
-    for store in ("m", "v"):
-        for name, value in getattr(one.optimizer, store).items():
-            assert np.array_equal(getattr(many.optimizer, store)[name], value), (store, name)
-    assert (many.optimizer.step_count, many.optimizer.lr) == (one.optimizer.step_count,
-                                                              one.optimizer.lr)
-    for a, b in ((many.model.rng, one.model.rng),
-                 (many.model.layers[3].rng, one.model.layers[3].rng)):
-        assert a.bit_generator.state == b.bit_generator.state
+    _assert_same_state(many, one)
+    for a, b in zip(many.model.layers, one.model.layers):
+        if isinstance(a, Dropout):
+            assert a.rng.bit_generator.state == b.rng.bit_generator.state
 
 
 @needs_numba
@@ -770,5 +799,33 @@ def test_a_loss_that_diverges_inside_a_call_stops_the_run_at_that_step(monkeypat
         _run_counting_calls(monkeypatch, lambda: build(row), single) for single in (False, True))
     assert many_calls[-1] == 8 and many_error == one_error and "epoch 1, step 14" in many_error
     assert (many.batch, many.optimizer.step_count) == (one.batch, one.optimizer.step_count) == (13, 14)
-    for name, value in one.model.state_dict().items():
-        assert np.array_equal(many.model.state_dict()[name], value, equal_nan=True), name
+    # Everything else too: the dropout generator as the 14 steps taken left it.
+    _assert_same_state(many, one)
+
+
+@needs_numba
+def test_a_schedule_that_fails_inside_a_call_stops_the_run_at_that_step(monkeypatch):
+    x, y = _data(130, (12, 12), np.uint8)
+
+    def schedule(step):
+        return 1e-3 if step < 12 else float("nan")
+
+    def build():
+        _fewer_trials(monkeypatch)
+        model = Sequential(*ARCHITECTURES["images, two dropout blocks"][0](), seed=0)
+        return Trainer(model, x, y, epochs=1, batch_size=8, verbose=0, seed=1,
+                       lr_schedule=schedule)
+
+    results = []
+    for single in (False, True):
+        monkeypatch.undo()
+        if single:
+            monkeypatch.setattr(ThreadedStep, "next_call_size", lambda self: 1)
+        trainer = build()
+        with pytest.raises(ValueError, match="returned nan for step 12") as error:
+            trainer.run()
+        results.append((trainer, str(error.value)))
+    (many, many_error), (one, one_error) = results
+    assert many_error == one_error
+    assert (many.batch, many.optimizer.step_count) == (one.batch, one.optimizer.step_count) == (11, 11)
+    _assert_same_state(many, one)

@@ -322,7 +322,7 @@ def shift_flip(images, dy, dx, flipped, shift, out):
 #
 # One whole training step of an MLP in three parallel passes over Numba's threads.
 #
-# Read ``reference.train_steps`` first: it computes the same steps in plain NumPy
+# Read ``reference._train_step`` first: it computes the same step in plain NumPy
 # with the twin kernels. The network is Dense -> ReLU [-> Dropout] blocks and a
 # last Dense, trained with softmax cross-entropy and Adam. Each of the T threads
 # calls single-threaded BLAS on its share of every matrix product (OpenBLAS's own
@@ -608,8 +608,8 @@ def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, delta
     (NaN, inf or too large: that step was taken, and is the last).
 
     Why several steps per call: each call from Python costs its own time (Numba
-    unboxes the ~30 arrays, starts the parallel region, and the Trainer's Python
-    runs in between), ~5% of a step of the reference model (measured in
+    checks and unboxes some thirty arrays, and the Trainer's Python runs in
+    between), ~5% of a step of the reference model (measured in
     ``benchmarks/threaded_step.py``); a loop here costs nothing.
 
     ``idx`` (K N,) holds step s's rows of ``src`` at [s N, (s + 1) N); ``keys`` (K,
