@@ -124,7 +124,7 @@ class StoreChooser:
 class ThreadedStep:
     """The arrays ``kernels.train_steps`` works on, gathered once per run."""
 
-    # Steps per kernel call: each call costs ~40 us, ~5% of a step of the
+    # Steps per kernel call: each call costs 40-70 us, 5-7% of a step of the
     # reference model (benchmarks/threaded_step.py), so calls take several; a
     # stop request is seen between calls, so a call lasts ~CALL_SECONDS at most.
     MOST_STEPS, CALL_SECONDS = 64, 0.05

@@ -609,7 +609,7 @@ def train_steps(sgemm, threads, src, idx, scale, y, weights, biases, acts, delta
 
     Why several steps per call: each call from Python costs its own time (Numba
     checks and unboxes some thirty arrays, and the Trainer's Python runs in
-    between), ~5% of a step of the reference model (measured in
+    between), 5-7% of a step of the reference model (measured in
     ``benchmarks/threaded_step.py``); a loop here costs nothing.
 
     ``idx`` (K N,) holds step s's rows of ``src`` at [s N, (s + 1) N); ``keys`` (K,
