@@ -165,17 +165,16 @@ def test_numba_train_steps_match_their_numpy_twin(threads, widths):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
-def _module_for(backend):
-    if backend == "numba" and not NUMBA:
-        pytest.skip("the Numba kernel is not loaded on the NumPy backend")
-    return fused if backend == "numba" else reference
+# The kernels' modules by backend: on the NumPy backend, only the twin (nothing there
+# may run Numba code).
+KERNEL_MODULES = {"numba": fused, "numpy": reference} if NUMBA else {"numpy": reference}
 
 
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("backend", KERNEL_MODULES)
 def test_several_steps_in_one_call_are_the_steps_one_call_each(backend):
     # Each step takes its own rows, dropout keys and Adam coefficients from row s.
     # (The NumPy twin is the loop itself.)
-    steps = _module_for(backend).train_steps
+    steps = KERNEL_MODULES[backend].train_steps
     together, apart = _step_inputs(steps=4), _step_inputs(steps=4)
     n = len(together[IDX]) // 4
     with blas.one_thread():
@@ -192,10 +191,10 @@ def test_several_steps_in_one_call_are_the_steps_one_call_each(backend):
     assert len(set(together[LOSSES])) == 4 and np.isfinite(together[LOSSES]).all()
 
 
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("backend", KERNEL_MODULES)
 @pytest.mark.parametrize("limit", ["between", "nan weights"])
 def test_the_steps_stop_after_the_first_loss_over_the_limit(backend, limit):
-    steps = _module_for(backend).train_steps
+    steps = KERNEL_MODULES[backend].train_steps
     probe, args, shorter = _step_inputs(steps=4), _step_inputs(steps=4), _step_inputs(steps=4)
     taken = 3 if limit == "between" else 1
     with blas.one_thread():
@@ -229,12 +228,12 @@ def test_train_steps_refuse_partials_of_the_wrong_shape(shape):
         kernels.train_steps(blas.SGEMM, 3, *args)
 
 
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("backend", KERNEL_MODULES)
 @pytest.mark.parametrize("problem", ["rows not whole batches", "rows of another batch size",
                                      "no steps", "too few keys", "too few coefficients",
                                      "corrects of another length"])
 def test_train_steps_refuse_inputs_that_are_not_whole_batches(backend, problem):
-    steps = _module_for(backend).train_steps
+    steps = KERNEL_MODULES[backend].train_steps
     args = _step_inputs(steps=3)  # 3 batches of 50
     if problem == "rows not whole batches":
         args[IDX] = args[IDX][:149]
