@@ -248,8 +248,7 @@ class ThreadedStep:
                              f"{self.MOST_STEPS})")
         if blas.thread_count() != 1:  # each thread calls BLAS: OpenBLAS's own pool must be off
             raise RuntimeError("ThreadedStep.steps runs inside blas.one_thread() only")
-        self._set_dropout()
-        generators = self._generators()
+        generators = self._generators(self._set_dropout())
         before = [rng.bit_generator.state for rng, _ in generators]
         keys = self._keys[:count]
         for rng, columns in generators:
@@ -283,25 +282,24 @@ class ThreadedStep:
         self._step_seconds = seconds / done
         return losses[:done], corrects[:done]
 
-    def _dropping(self) -> list[int]:
-        """The layers whose dropout draws a key at each step, as ``Dropout.forward``
-        does: in training, with p > 0."""
-        return [i for i, d in enumerate(self.dropouts)
-                if d is not None and d.training and d.p > 0.0]
-
-    def _set_dropout(self) -> None:
-        """Each layer's dropout threshold and scale for this call (none: 0 and 1)."""
+    def _set_dropout(self) -> list[int]:
+        """Each layer's dropout threshold and scale for this call (none: 0 and 1);
+        returns the layers whose dropout draws a key at each step, as
+        ``Dropout.forward`` does: in training, with p > 0."""
+        dropping = [i for i, d in enumerate(self.dropouts)
+                    if d is not None and d.training and d.p > 0.0]
         self.thresholds[:], self.scales[:] = 0, 1.0
-        for i in self._dropping():
+        for i in dropping:
             self.thresholds[i] = round(self.dropouts[i].p * 2**24)
             self.scales[i] = 1.0 / (1.0 - self.dropouts[i].p)
+        return dropping
 
-    def _generators(self) -> list[tuple[np.random.Generator, list[int]]]:
-        """The generators the dropping layers draw their keys from, each with those
-        layers (in order). Grouped by bit generator: two Generators over one share
-        its stream."""
+    def _generators(self, dropping: list[int]) -> list[tuple[np.random.Generator, list[int]]]:
+        """The generators the ``dropping`` layers draw their keys from, each with
+        those layers (in order). Grouped by bit generator: two Generators over one
+        share its stream."""
         groups: dict[int, tuple[np.random.Generator, list[int]]] = {}
-        for i in self._dropping():
+        for i in dropping:
             rng = self.dropouts[i].rng
             groups.setdefault(id(rng.bit_generator), (rng, []))[1].append(i)
         return list(groups.values())
